@@ -1,0 +1,249 @@
+"""Who is calling and what they may do: principals, roles, scopes, permissions, tokens."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import jwt
+
+API_KEY_PREFIX = "pk_"
+_API_KEY_SHOWN_CHARS = 10
+
+
+class Permission(enum.StrEnum):
+    PLATFORM_ADMIN = "platform.admin"
+    TENANT_READ = "tenant.read"
+    TENANT_WRITE = "tenant.write"
+    USERS_READ = "users.read"
+    USERS_WRITE = "users.write"
+    API_KEYS_READ = "api_keys.read"
+    API_KEYS_WRITE = "api_keys.write"
+    AUDIT_READ = "audit.read"
+    BILLING_MANAGE = "billing.manage"
+    # Create, change or remove users with the owner role.
+    OWNERS_MANAGE = "owners.manage"
+    CATALOG_READ = "catalog.read"
+    CATALOG_WRITE = "catalog.write"
+    CAMPAIGN_READ = "campaign.read"
+    CAMPAIGN_WRITE = "campaign.write"
+    ATTRIBUTION_READ = "attribution.read"
+    ATTRIBUTION_WRITE = "attribution.write"
+    ANALYTICS_READ = "analytics.read"
+    ANALYTICS_ADMIN = "analytics.admin"
+    INGEST = "ingest"
+
+
+class Access(enum.Enum):
+    """Methods that need no specific permission."""
+
+    # No credentials at all (Login, IntrospectCredential: the credential is the input).
+    PUBLIC = "public"
+    # Any valid credential.
+    AUTHENTICATED = "authenticated"
+
+
+MethodRule = Permission | Access
+
+
+class Role(enum.StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    ANALYST = "analyst"
+    VIEWER = "viewer"
+
+
+class Scope(enum.StrEnum):
+    INGEST = "ingest"
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+    OWNER = "owner"
+
+
+class PrincipalType(enum.StrEnum):
+    USER = "user"
+    API_KEY = "api_key"
+    PLATFORM_ADMIN = "platform_admin"
+
+
+_READ = frozenset(
+    {
+        Permission.TENANT_READ,
+        Permission.USERS_READ,
+        Permission.API_KEYS_READ,
+        Permission.AUDIT_READ,
+        Permission.CATALOG_READ,
+        Permission.CAMPAIGN_READ,
+        Permission.ATTRIBUTION_READ,
+        Permission.ANALYTICS_READ,
+    }
+)
+_DASHBOARDS = frozenset(
+    {
+        Permission.TENANT_READ,
+        Permission.CATALOG_READ,
+        Permission.CAMPAIGN_READ,
+        Permission.ATTRIBUTION_READ,
+        Permission.ANALYTICS_READ,
+    }
+)
+_CONTENT_WRITE = frozenset(
+    {Permission.CATALOG_WRITE, Permission.CAMPAIGN_WRITE, Permission.ATTRIBUTION_WRITE}
+)
+_ADMIN = (
+    _READ
+    | _CONTENT_WRITE
+    | {
+        Permission.TENANT_WRITE,
+        Permission.USERS_WRITE,
+        Permission.API_KEYS_WRITE,
+        Permission.ANALYTICS_ADMIN,
+        Permission.INGEST,
+    }
+)
+
+ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
+    Role.OWNER: frozenset(_ADMIN | {Permission.BILLING_MANAGE, Permission.OWNERS_MANAGE}),
+    Role.ADMIN: frozenset(_ADMIN),
+    Role.ANALYST: _READ,
+    Role.VIEWER: _DASHBOARDS,
+}
+SCOPE_PERMISSIONS: Mapping[Scope, frozenset[Permission]] = {
+    Scope.INGEST: frozenset({Permission.INGEST}),
+    Scope.READ: _READ,
+    Scope.WRITE: frozenset(_DASHBOARDS | _CONTENT_WRITE),
+    Scope.ADMIN: frozenset(_ADMIN),
+    Scope.OWNER: frozenset(_ADMIN | {Permission.BILLING_MANAGE, Permission.OWNERS_MANAGE}),
+}
+PLATFORM_ADMIN_PERMISSIONS = frozenset(
+    {Permission.PLATFORM_ADMIN, Permission.TENANT_READ, Permission.TENANT_WRITE}
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    type: PrincipalType
+    tenant_id: uuid.UUID | None
+    subject_id: str = ""
+    role: Role | None = None
+    scopes: frozenset[Scope] = field(default_factory=frozenset)
+    expires_at: datetime | None = None
+
+    @property
+    def permissions(self) -> frozenset[Permission]:
+        if self.type is PrincipalType.PLATFORM_ADMIN:
+            return PLATFORM_ADMIN_PERMISSIONS
+        if self.type is PrincipalType.USER and self.role is not None:
+            return ROLE_PERMISSIONS[self.role]
+        granted: frozenset[Permission] = frozenset()
+        for scope in self.scopes:
+            granted |= SCOPE_PERMISSIONS[scope]
+        return granted
+
+    def can(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return self.type is PrincipalType.PLATFORM_ADMIN
+
+
+PLATFORM_ADMIN = Principal(type=PrincipalType.PLATFORM_ADMIN, tenant_id=None)
+
+
+def new_api_key_secret() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def api_key_hash(secret: str) -> bytes:
+    # API keys carry 256 random bits, so a fast hash is safe and lets every request
+    # be checked without a slow KDF.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def api_key_shown_prefix(secret: str) -> str:
+    return secret[:_API_KEY_SHOWN_CHARS]
+
+
+class JwtCodec:
+    """Short-lived HS256 access tokens carrying tenant, user and role."""
+
+    issuer = "podmesh"
+
+    def __init__(self, secret: str, ttl_s: int) -> None:
+        if not secret:
+            raise ValueError("a JWT secret is required")
+        self._secret = secret
+        self.ttl_s = ttl_s
+
+    def issue(self, tenant_id: uuid.UUID, user_id: uuid.UUID, role: Role) -> tuple[str, datetime]:
+        now = int(time.time())
+        expires = now + self.ttl_s
+        claims = {
+            "iss": self.issuer,
+            "sub": str(user_id),
+            "tid": str(tenant_id),
+            "role": role.value,
+            "iat": now,
+            "exp": expires,
+            "jti": secrets.token_hex(8),
+        }
+        token = jwt.encode(claims, self._secret, algorithm="HS256")
+        return token, datetime.fromtimestamp(expires, UTC)
+
+    def verify(self, token: str) -> Principal | None:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                issuer=self.issuer,
+                options={"require": ["exp", "sub", "tid", "role"]},
+            )
+            return Principal(
+                type=PrincipalType.USER,
+                tenant_id=uuid.UUID(claims["tid"]),
+                subject_id=str(uuid.UUID(claims["sub"])),
+                role=Role(claims["role"]),
+                expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            )
+        except (jwt.PyJWTError, ValueError, KeyError):
+            return None
+
+
+class ApiKeyVerifier(Protocol):
+    async def verify_api_key(self, secret: str) -> Principal | None: ...
+
+
+class CredentialVerifier:
+    """Turns a bearer credential into a principal, or None when it is not valid."""
+
+    def __init__(self, admin_token: str, jwt_codec: JwtCodec, api_keys: ApiKeyVerifier) -> None:
+        self._admin_token = admin_token.encode()
+        self._jwt = jwt_codec
+        self._api_keys = api_keys
+
+    async def verify(self, credential: str) -> Principal | None:
+        if not credential:
+            return None
+        if self._admin_token and hmac.compare_digest(credential.encode(), self._admin_token):
+            return PLATFORM_ADMIN
+        if credential.startswith(API_KEY_PREFIX):
+            return await self._api_keys.verify_api_key(credential)
+        return self._jwt.verify(credential)
+
+
+def bearer_credential(authorization: str) -> str:
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return value.strip()

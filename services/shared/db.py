@@ -1,0 +1,62 @@
+"""The asyncpg pool, and transactions scoped to one tenant for row-level security."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from services.shared.errors import Unavailable
+
+# Connection-level failures worth telling the caller to retry.
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+class Database:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            server_settings={"application_name": "podmesh"},
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @asynccontextmanager
+    async def tenant_transaction(self, tenant_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction that sees and writes only `tenant_id`'s rows.
+
+        The setting is transaction-local, so a pooled connection never carries one
+        tenant's identity into another request.
+        """
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    @asynccontextmanager
+    async def platform_transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction with no tenant: it sees no tenant rows, only what the
+        narrow SECURITY DEFINER functions of the schema return."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc

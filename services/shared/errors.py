@@ -1,0 +1,152 @@
+"""Domain errors, and their one mapping to gRPC status with google.rpc details (AIP-193)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "podmesh.dev"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+    reason: str = "INVALID_FIELD"
+
+
+class DomainError(Exception):
+    """An error a caller can act on. `reason` is UPPER_SNAKE and stable."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(DomainError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        violations: Iterable[FieldViolation],
+        message: str | None = None,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        self.violations = list(violations)
+        fields = ", ".join(v.field for v in self.violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(
+            message or f"invalid request: {summary}",
+            reason=reason,
+            metadata={"fields": fields} if fields else None,
+        )
+
+    @classmethod
+    def field(cls, name: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(name, description)])
+
+
+class NotFound(DomainError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+    def __init__(self, resource_type: str, resource_id: str) -> None:
+        super().__init__(
+            f"{resource_type} {resource_id!r} not found",
+            reason=f"{_snake(resource_type)}_NOT_FOUND",
+            metadata={"resource_type": resource_type, "resource_id": resource_id},
+        )
+
+
+class AlreadyExists(DomainError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class Unauthenticated(DomainError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(DomainError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class FailedPrecondition(DomainError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Unavailable(DomainError):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+def _snake(name: str) -> str:
+    out = [("_" + c) if c.isupper() and i else c for i, c in enumerate(name)]
+    return "".join(out).upper().replace(" ", "_")
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_status(error: DomainError) -> grpc.Status:
+    """The only place a domain error becomes a gRPC status."""
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+            )
+        )
+    ]
+    if isinstance(error, InvalidArgument) and error.violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description, reason=v.reason
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        )
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    return rpc_status.to_status(status)
+
+
+def internal_status() -> grpc.Status:
+    status = status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message="internal error",
+        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=ERROR_DOMAIN))],
+    )
+    return rpc_status.to_status(status)

@@ -1,0 +1,189 @@
+"""One server interceptor for every service: request id, authentication,
+authorisation from the declared permission table, error mapping, metrics, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeAlias, cast
+
+import grpc
+from grpc import aio
+
+from services.shared.auth import (
+    Access,
+    CredentialVerifier,
+    MethodRule,
+    Permission,
+    Principal,
+    bearer_credential,
+)
+from services.shared.context import method_var, principal_var, request_id_var
+from services.shared.errors import (
+    DomainError,
+    PermissionDenied,
+    Unauthenticated,
+    internal_status,
+    to_status,
+)
+from services.shared.telemetry import RPC_LATENCY, RPC_REQUESTS
+
+log = logging.getLogger("podmesh.rpc")
+
+# The stubs make these generic, the runtime classes are not: hence the strings.
+Context: TypeAlias = "aio.ServicerContext[Any, Any]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+# Served by every process without credentials: load balancers and operators need them.
+_INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(
+        self,
+        service: str,
+        rules: Mapping[str, MethodRule],
+        verifier: CredentialVerifier,
+    ) -> None:
+        self._service = service
+        self._rules = rules
+        self._verifier = verifier
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_INFRASTRUCTURE_PREFIXES):
+            return handler
+        return _wrap(handler, lambda context: self._enter(method, context), self, method)
+
+    async def _enter(self, method: str, context: Context) -> None:
+        # grpc.aio runs every RPC in its own task, so these settings end with it.
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        request_id_var.set(metadata.get("x-request-id") or uuid.uuid4().hex)
+        method_var.set(method)
+        rule = self._rules.get(method)
+        if rule is None:
+            # Fail closed: a method nobody declared a permission for is not callable.
+            raise PermissionDenied(f"{method} has no declared permission", reason="UNDECLARED")
+        if rule is Access.PUBLIC:
+            return
+        credential = bearer_credential(metadata.get("authorization", "")) or metadata.get(
+            "x-api-key", ""
+        )
+        if not credential:
+            raise Unauthenticated(
+                "missing credentials: send 'authorization: Bearer <api key or token>'",
+                reason="CREDENTIALS_MISSING",
+            )
+        principal = await self._verifier.verify(credential)
+        if principal is None:
+            raise Unauthenticated(
+                "the credential is unknown, revoked or expired", reason="CREDENTIALS_INVALID"
+            )
+        principal_var.set(principal)
+        if isinstance(rule, Permission) and not principal.can(rule):
+            raise PermissionDenied(
+                f"this credential lacks the {rule.value!r} permission",
+                reason="MISSING_PERMISSION",
+                metadata={"permission": rule.value},
+            )
+
+    def record(
+        self, method: str, code: grpc.StatusCode, started: float, principal: Principal | None
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        short = method.rsplit("/", 1)[-1]
+        RPC_REQUESTS.labels(self._service, short, code.name).inc()
+        RPC_LATENCY.labels(self._service, short).observe(elapsed)
+        fields: dict[str, Any] = {
+            "method": method,
+            "code": code.name,
+            "duration_ms": round(elapsed * 1000, 2),
+        }
+        if principal is not None:
+            fields["principal"] = principal.type.value
+        log.info("rpc", extra={"fields": fields})
+
+
+Enter = Callable[[Context], Awaitable[None]]
+
+
+async def _fail(context: Context, error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, DomainError):
+        status = to_status(error)
+    else:
+        log.exception("unhandled error", exc_info=error)
+        status = internal_status()
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+def _wrap(
+    handler: Handler,
+    enter: Enter,
+    interceptor: RequestInterceptor,
+    method: str,
+) -> Handler:
+    """The same handler, run inside the request scope with errors mapped."""
+
+    async def unary(request_or_iterator: Any, context: Context) -> Any:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            await enter(context)
+            behaviour: Any = handler.unary_unary or handler.stream_unary
+            return await behaviour(request_or_iterator, context)
+        except aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except DomainError as error:
+            code = error.code
+            await _fail(context, error)
+        except Exception as error:
+            code = grpc.StatusCode.INTERNAL
+            await _fail(context, error)
+        finally:
+            interceptor.record(method, code, started, principal_var.get())
+
+    async def streaming(request_or_iterator: Any, context: Context) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            await enter(context)
+            behaviour: Any = handler.unary_stream or handler.stream_stream
+            async for response in behaviour(request_or_iterator, context):
+                yield response
+        except aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except DomainError as error:
+            code = error.code
+            await _fail(context, error)
+        except Exception as error:
+            code = grpc.StatusCode.INTERNAL
+            await _fail(context, error)
+        finally:
+            interceptor.record(method, code, started, principal_var.get())
+
+    deserializer = handler.request_deserializer
+    serializer = handler.response_serializer
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(cast(Any, unary), deserializer, serializer)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(cast(Any, unary), deserializer, serializer)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(cast(Any, streaming), deserializer, serializer)
+    return grpc.stream_stream_rpc_method_handler(cast(Any, streaming), deserializer, serializer)

@@ -1,0 +1,154 @@
+"""The bootstrap every service runs: dependencies, interceptors, health,
+reflection, metrics, and a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.shared.auth import ApiKeyVerifier, CredentialVerifier, JwtCodec, MethodRule
+from services.shared.config import Settings
+from services.shared.db import Database
+from services.shared.interceptors import RequestInterceptor
+from services.shared.introspection import RemoteApiKeyVerifier
+from services.shared.pagination import PageTokens
+from services.shared.telemetry import setup_logging, setup_tracing, start_metrics, tracing_enabled
+
+log = logging.getLogger("podmesh.server")
+
+
+@dataclass
+class Resources:
+    """What a service's servicers are built from."""
+
+    settings: Settings
+    db: Database
+    redis: aioredis.Redis
+    jwt: JwtCodec
+    page_tokens: PageTokens
+    channels: dict[str, aio.Channel] = field(default_factory=dict)
+
+    def channel(self, peer: str) -> aio.Channel:
+        """A shared channel to a peer service, by name ("tenant", "catalog", ...)."""
+        if peer not in self.channels:
+            address = getattr(self.settings, f"{peer}_addr")
+            self.channels[peer] = aio.insecure_channel(address)
+        return self.channels[peer]
+
+
+Register = Callable[[aio.Server, Resources], Awaitable[None]]
+VerifierFactory = Callable[[Resources], ApiKeyVerifier]
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    name: str
+    # Fully qualified gRPC service names, e.g. "podmesh.tenant.v1.TenantService".
+    service_names: Sequence[str]
+    # "/package.Service/Method" -> what a caller needs; undeclared methods are refused.
+    rules: Mapping[str, MethodRule]
+    register: Register
+    # How API keys are checked; by default by asking the tenant service.
+    api_key_verifier: VerifierFactory | None = None
+
+
+def create_redis(url: str) -> aioredis.Redis:
+    # Short timeouts: Redis only ever degrades a feature, it must not stall requests.
+    return aioredis.from_url(
+        url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=15
+    )
+
+
+def _remote_verifier(resources: Resources) -> ApiKeyVerifier:
+    return RemoteApiKeyVerifier(resources.channel("tenant"), resources.settings.auth_cache_ttl_s)
+
+
+async def serve(definition: ServiceDefinition, settings: Settings | None = None) -> None:
+    settings = settings or Settings()
+    setup_logging(settings.log_level, definition.name)
+    setup_tracing(definition.name)
+    async with AsyncExitStack() as stack:
+        db = await Database.connect(
+            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        )
+        stack.push_async_callback(db.close)
+        redis = create_redis(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        jwt_codec = JwtCodec(settings.jwt_secret.get_secret_value(), settings.jwt_ttl_s)
+        resources = Resources(
+            settings=settings,
+            db=db,
+            redis=redis,
+            jwt=jwt_codec,
+            page_tokens=PageTokens(settings.jwt_secret.get_secret_value().encode()),
+        )
+        stack.push_async_callback(_close_channels, resources)
+
+        verifier = CredentialVerifier(
+            settings.admin_token.get_secret_value(),
+            jwt_codec,
+            (definition.api_key_verifier or _remote_verifier)(resources),
+        )
+        interceptors: list[Any] = []
+        if tracing_enabled():
+            from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+            interceptors.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
+        interceptors.append(RequestInterceptor(definition.name, definition.rules, verifier))
+        server = aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        await definition.register(server, resources)
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [*definition.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        address = f"{settings.grpc_host}:{settings.grpc_port}"
+        server.add_insecure_port(address)
+        start_metrics(settings.metrics_port)
+        await server.start()
+        for name in ("", *definition.service_names):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"fields": {"address": address}})
+
+        await _until_signalled()
+        log.info("draining", extra={"fields": {"grace_s": settings.shutdown_grace_s}})
+        # Health first, so load balancers stop sending before we stop accepting.
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(settings.shutdown_grace_s)
+        log.info("stopped")
+
+
+async def _close_channels(resources: Resources) -> None:
+    for channel in resources.channels.values():
+        await channel.close(None)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def main(definition: ServiceDefinition) -> None:
+    import uvloop
+
+    uvloop.run(serve(definition))

@@ -1,0 +1,28 @@
+"""What each tenant RPC requires of its caller."""
+
+from __future__ import annotations
+
+from services.shared.auth import Access, MethodRule, Permission
+
+SERVICE = "podmesh.tenant.v1.TenantService"
+
+_BY_METHOD: dict[str, MethodRule] = {
+    "CreateTenant": Permission.PLATFORM_ADMIN,
+    "GetTenant": Permission.TENANT_READ,
+    "ListTenants": Permission.PLATFORM_ADMIN,
+    "UpdateTenant": Permission.TENANT_WRITE,
+    "CreateUser": Permission.USERS_WRITE,
+    "GetUser": Permission.USERS_READ,
+    "ListUsers": Permission.USERS_READ,
+    "UpdateUser": Permission.USERS_WRITE,
+    "DeleteUser": Permission.USERS_WRITE,
+    "Login": Access.PUBLIC,
+    # The credential to check is the request itself.
+    "IntrospectCredential": Access.PUBLIC,
+    "CreateApiKey": Permission.API_KEYS_WRITE,
+    "GetApiKey": Permission.API_KEYS_READ,
+    "ListApiKeys": Permission.API_KEYS_READ,
+    "RevokeApiKey": Permission.API_KEYS_WRITE,
+    "ListAuditEvents": Permission.AUDIT_READ,
+}
+RULES = {f"/{SERVICE}/{method}": rule for method, rule in _BY_METHOD.items()}
