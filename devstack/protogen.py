@@ -85,7 +85,10 @@ def generate() -> None:
     if protoc.main(descriptor_args) != 0:
         raise SystemExit("protoc failed writing the descriptor set")
     (GEN_DIR / "podmesh").mkdir(exist_ok=True)
-    for package_dir in [GEN_DIR / "podmesh", *(p for p in (GEN_DIR / "podmesh").rglob("*") if p.is_dir())]:
+    for package_dir in [
+        GEN_DIR / "podmesh",
+        *(p for p in (GEN_DIR / "podmesh").rglob("*") if p.is_dir()),
+    ]:
         (package_dir / "__init__.py").touch()
     (GEN_DIR / "podmesh" / "py.typed").touch()
 

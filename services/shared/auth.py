@@ -17,6 +17,7 @@ import jwt
 
 API_KEY_PREFIX = "pk_"
 _API_KEY_SHOWN_CHARS = 10
+_MIN_JWT_SECRET_BYTES = 32
 
 
 class Permission(enum.StrEnum):
@@ -180,8 +181,10 @@ class JwtCodec:
     issuer = "podmesh"
 
     def __init__(self, secret: str, ttl_s: int) -> None:
-        if not secret:
-            raise ValueError("a JWT secret is required")
+        if len(secret.encode()) < _MIN_JWT_SECRET_BYTES:
+            raise ValueError(
+                f"PODMESH_JWT_SECRET must be at least {_MIN_JWT_SECRET_BYTES} bytes (RFC 7518 3.2)"
+            )
         self._secret = secret
         self.ttl_s = ttl_s
 

@@ -1,0 +1,4 @@
+from services.catalog.server import DEFINITION
+from services.shared.server import main
+
+main(DEFINITION)

@@ -1,0 +1,54 @@
+"""Clients of the running stack, shared by the integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+from podmesh.tenant.v1 import tenant_pb2_grpc
+
+from devstack.stack import Stack
+
+
+@pytest.fixture(scope="session")
+async def tenant_channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(stack.service_addr("tenant")) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+async def gateway_channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(stack.gateway_addr) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def tenants(tenant_channel: grpc.aio.Channel) -> tenant_pb2_grpc.TenantServiceAsyncStub:
+    """The tenant service, called directly on its own port."""
+    return tenant_pb2_grpc.TenantServiceStub(tenant_channel)
+
+
+@pytest.fixture(scope="session")
+def gateway_tenants(gateway_channel: grpc.aio.Channel) -> tenant_pb2_grpc.TenantServiceAsyncStub:
+    """The tenant service, called as gRPC through Envoy."""
+    return tenant_pb2_grpc.TenantServiceStub(gateway_channel)
+
+
+@pytest.fixture(scope="session")
+async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """JSON over HTTP/1.1 through Envoy, as a browser would call it."""
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+async def owner_db(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as the schema owner, to look at what the services wrote."""
+    conn = await asyncpg.connect(stack.owner_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
