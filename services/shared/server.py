@@ -61,6 +61,8 @@ class ServiceDefinition:
     register: Register
     # How API keys are checked; by default by asking the tenant service.
     api_key_verifier: VerifierFactory | None = None
+    # A service with settings of its own subclasses Settings.
+    settings_type: type[Settings] = Settings
 
 
 def create_redis(url: str) -> aioredis.Redis:
@@ -75,7 +77,7 @@ def _remote_verifier(resources: Resources) -> ApiKeyVerifier:
 
 
 async def serve(definition: ServiceDefinition, settings: Settings | None = None) -> None:
-    settings = settings or Settings()
+    settings = settings or definition.settings_type()
     setup_logging(settings.log_level, definition.name)
     setup_tracing(definition.name)
     async with AsyncExitStack() as stack:
