@@ -17,6 +17,7 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     # 0 turns the Prometheus endpoint off.
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     # How long in-flight RPCs may run after SIGTERM before they are cancelled.
     shutdown_grace_s: float = 10.0

@@ -124,7 +124,7 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
         )
         address = f"{settings.grpc_host}:{settings.grpc_port}"
         server.add_insecure_port(address)
-        start_metrics(settings.metrics_port)
+        start_metrics(settings.metrics_host, settings.metrics_port)
         await server.start()
         for name in ("", *definition.service_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -53,9 +53,9 @@ def setup_logging(level: str, service: str) -> None:
     logging.getLogger("podmesh").info("starting", extra={"fields": {"service": service}})
 
 
-def start_metrics(port: int) -> None:
+def start_metrics(host: str, port: int) -> None:
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)
 
 
 def tracing_enabled() -> bool:

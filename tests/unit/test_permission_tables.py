@@ -1,0 +1,31 @@
+"""Every RPC a service implements has a declared permission, and no rule is stale."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from google.protobuf import descriptor_pool
+
+from services.shared.server import ServiceDefinition
+
+SERVICES = ("tenant", "catalog", "campaign", "attribution", "analytics")
+
+
+def definition(name: str) -> ServiceDefinition:
+    module = importlib.import_module(f"services.{name}.server")
+    found: ServiceDefinition = module.DEFINITION
+    return found
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_rules_cover_exactly_the_service_methods(name: str) -> None:
+    service = definition(name)
+    (full_name,) = service.service_names
+    methods = {
+        f"/{full_name}/{m.name}"
+        for m in descriptor_pool.Default().FindServiceByName(full_name).methods
+    }
+    if not service.rules:
+        pytest.skip(f"{name} is contract-only: gRPC answers UNIMPLEMENTED, no rules needed")
+    assert set(service.rules) == methods
