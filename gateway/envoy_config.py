@@ -155,6 +155,14 @@ def render_envoy_config(
         # Clients that send x-request-id keep it, so their logs join ours.
         "preserve_external_request_id": True,
         "always_set_request_id_in_response": True,
+        # By default Envoy rewrites a nibble of UUID-shaped request ids to carry trace
+        # sampling state, so a client's id would no longer match our logs and audit.
+        "request_id_extension": {
+            "typed_config": {
+                "@type": _TYPE + "extensions.request_id.uuid.v3.UuidRequestIdConfig",
+                "pack_trace_reason": False,
+            }
+        },
         "stream_idle_timeout": f"{HCM_STREAM_IDLE_TIMEOUT_S}s",
         "request_headers_timeout": "10s",
         "early_header_mutation_extensions": [_remember_method()],
