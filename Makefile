@@ -1,0 +1,102 @@
+# Podmesh: `make run` starts the platform on loopback, `make test` runs the suite.
+# Both install what is missing first (system packages when root, a venv in .venv).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+GEN_STAMP := .build/gen.stamp
+PROTOS := $(shell find proto -name '*.proto' 2>/dev/null)
+PYTEST_ARGS ?=
+
+# python3.11, else python3 when it is 3.11 or newer.
+BOOTSTRAP_PYTHON := $(shell \
+	if command -v python3.11 >/dev/null 2>&1; then echo python3.11; \
+	elif python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then echo python3; \
+	fi)
+
+.PHONY: help venv system-deps gen run test pytest lint lint-proto typecheck fmt bench clean
+
+help:
+	@echo "make run        start the platform on 127.0.0.1 (gateway :8080) until Ctrl-C"
+	@echo "make test       lint, typecheck, buf lint, then the whole test suite"
+	@echo "make pytest     the test suite only (PYTEST_ARGS='-k tenant' to narrow it)"
+	@echo "make lint       ruff, ruff format --check, buf lint, buf breaking vs main"
+	@echo "make typecheck  mypy --strict"
+	@echo "make fmt        ruff format and safe ruff fixes"
+	@echo "make gen        Python stubs and the Envoy descriptor set from proto/"
+	@echo "make bench      benchmarks (python -m tests.bench)"
+	@echo "make clean      remove .venv, gen, .build and .run"
+
+system-deps:
+	@PYTHON="$(or $(BOOTSTRAP_PYTHON),python3.11)" bash devstack/install-system-deps.sh
+
+venv: $(VENV_STAMP)
+
+# Order-only: installing system packages must not force a reinstall of the venv.
+$(VENV_STAMP): pyproject.toml | system-deps
+	@if [ -z "$(BOOTSTRAP_PYTHON)" ]; then echo "Python 3.11+ is required (python3.11 or python3)" >&2; exit 1; fi
+	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	@touch $@
+
+gen: $(GEN_STAMP)
+
+$(GEN_STAMP): $(PROTOS) devstack/protogen.py $(VENV_STAMP)
+	$(PY) -m devstack.protogen
+	@mkdir -p $(@D) && touch $@
+
+run: system-deps venv gen
+	$(PY) -m devstack run
+
+lint-proto: venv gen
+	$(VENV)/bin/buf lint
+
+lint: venv gen lint-proto
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@# Compare with main once main has contracts (not before the first commit). buf.yaml
+	@# names .build/protodeps, which git never holds, so main's tree is checked out
+	@# beside today's protodeps rather than read as '.git#branch=main'.
+	@if git rev-parse --verify --quiet refs/heads/main >/dev/null \
+		&& git ls-tree -r --name-only refs/heads/main -- proto | grep -q '\.proto$$'; then \
+		against=$$(mktemp -d); trap 'rm -rf "$$against"' EXIT; \
+		git archive refs/heads/main buf.yaml proto | tar -x -C "$$against"; \
+		mkdir -p "$$against/.build" && cp -rL .build/protodeps "$$against/.build/"; \
+		echo "$(VENV)/bin/buf breaking --against <main>"; \
+		$(VENV)/bin/buf breaking --against "$$against"; \
+	else \
+		echo "buf breaking: skipped (no main branch with contracts yet)"; \
+	fi
+
+typecheck: venv gen
+	$(VENV)/bin/mypy --strict
+
+# Exit code 5 (no tests collected) fails like any other non-zero code; say so plainly.
+pytest: system-deps venv gen
+	@rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; fi; \
+	exit $$rc
+
+test: system-deps venv gen lint typecheck pytest
+
+fmt: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: system-deps venv gen
+	@if [ -e tests/bench.py ] || [ -e tests/bench/__main__.py ]; then \
+		$(PY) -m tests.bench; \
+	else \
+		echo "no benchmarks yet (tests/bench)"; \
+	fi
+
+clean:
+	@# Stops leftovers of killed runs first; refuses while a `make run` is up.
+	@if [ -x $(PY) ] && $(PY) -c 'import devstack.stack' 2>/dev/null; then $(PY) -m devstack clean; fi
+	rm -rf $(VENV) gen .build .run

@@ -1,0 +1,173 @@
+"""`python -m devstack run`: the whole platform on loopback until Ctrl-C or SIGTERM.
+
+`python -m devstack clean` stops whatever a killed run left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from devstack.procs import StackError, pid_alive
+from devstack.stack import (
+    ROOT,
+    SERVICES,
+    TEST_DIR_PREFIX,
+    PortPlan,
+    Stack,
+    reap,
+    reap_stale_test_runs,
+)
+
+RUN_DIR = ROOT / ".run"
+LOCK_FILE = "devstack.pid"
+
+log = logging.getLogger("devstack")
+
+
+def _other_run_pid(run_dir: Path) -> int | None:
+    try:
+        pid = int((run_dir / LOCK_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid() or not pid_alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"devstack" in cmdline else None
+
+
+def wipe_previous_run(run_dir: Path) -> None:
+    """Stops leftovers of an earlier run, then deletes its throwaway data."""
+    reap(run_dir)
+    for entry in run_dir.iterdir() if run_dir.exists() else []:
+        if entry.name.startswith(TEST_DIR_PREFIX) or entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def banner(stack: Stack) -> str:
+    rel = os.path.relpath(stack.run_dir, Path.cwd())
+    venv_bin = os.path.relpath(Path(sys.executable).parent, Path.cwd())
+    if stack.secrets.admin_token_generated:
+        token = f"$(cat {rel}/admin-token)"
+        token_line = f"  admin token   {rel}/admin-token"
+    else:
+        token = "$PODMESH_ADMIN_TOKEN"
+        token_line = "  admin token   $PODMESH_ADMIN_TOKEN (from your environment)"
+    services = "  ".join(f"{n} {stack.ports.grpc[n]}" for n in SERVICES)
+    return f"""
+Podmesh is up.
+  gateway       {stack.gateway_addr}  (gRPC over h2c, JSON under /api/v1, reflection)
+{token_line}
+  services      {services}
+  logs          {rel}/logs/
+  PostgreSQL    {_redacted(stack.owner_dsn)}
+  Redis         {stack.redis_url}
+
+Try:
+  {venv_bin}/grpcurl -plaintext {stack.gateway_addr} list
+  curl -s -H "authorization: Bearer {token}" {stack.gateway_url}/api/v1/tenants
+
+Ctrl-C (or SIGTERM) stops everything.
+"""
+
+
+def _redacted(dsn: str) -> str:
+    scheme, _, rest = dsn.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        return dsn
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
+
+async def run(run_dir: Path) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    stack = Stack(run_dir, ports=PortPlan.defaults())
+    starting = asyncio.create_task(stack.start())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("interrupted while starting: stopping what is up")
+        starting.cancel()
+        # start() stops whatever it had started before re-raising the cancellation.
+        await asyncio.gather(starting, return_exceptions=True)
+        return 130
+    stopped.cancel()
+    if (error := starting.exception()) is not None:
+        if isinstance(error, StackError):
+            log.error("%s", error)
+            return 1
+        raise error
+
+    print(banner(stack), flush=True)
+    reported: set[str] = set()
+    while not stop.is_set():
+        # Report a child that died on its own once; the rest keeps serving.
+        for name, code in stack.exited().items():
+            if name not in reported:
+                reported.add(name)
+                log.error("%s exited with code %s; see %s", name, code, stack.log_path(name))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+
+    log.info("stopping")
+    await stack.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("command", choices=("run", "clean"))
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("PODMESH_DEVSTACK_LOG_LEVEL", "INFO"),
+        format="devstack: %(message)s",
+        stream=sys.stderr,
+    )
+    # One line per health poll of Envoy's admin API is noise, not progress.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    run_dir: Path = args.run_dir.absolute()
+
+    other = _other_run_pid(run_dir)
+    if other is not None:
+        log.error("another `python -m devstack run` (pid %d) is using %s", other, run_dir)
+        return 1
+    if args.command == "clean":
+        wipe_previous_run(run_dir)
+        reap_stale_test_runs(run_dir)
+        return 0
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    wipe_previous_run(run_dir)
+    lock = run_dir / LOCK_FILE
+    lock.write_text(f"{os.getpid()}\n")
+    try:
+        return asyncio.run(run(run_dir))
+    except StackError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
