@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import asyncpg
 import grpc
 import httpx
 import pytest
@@ -42,13 +41,3 @@ async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     """JSON over HTTP/1.1 through Envoy, as a browser would call it."""
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as client:
         yield client
-
-
-@pytest.fixture
-async def owner_db(stack: Stack) -> AsyncIterator[asyncpg.Connection]:
-    """A connection as the schema owner, to look at what the services wrote."""
-    conn = await asyncpg.connect(stack.owner_dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()

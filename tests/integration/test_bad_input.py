@@ -27,10 +27,10 @@ async def tenant(tenants: tenant_pb2_grpc.TenantServiceAsyncStub, stack: Stack) 
 
 
 @pytest.fixture
-async def unchanged(owner_db: asyncpg.Connection) -> AsyncIterator[None]:
-    before = await snapshot(owner_db)
+async def unchanged(owner_conn: asyncpg.Connection) -> AsyncIterator[None]:
+    before = await snapshot(owner_conn)
     yield
-    assert await snapshot(owner_db) == before
+    assert await snapshot(owner_conn) == before
 
 
 def violations(body: dict[str, Any]) -> list[str]:
@@ -67,11 +67,11 @@ async def test_viewer_calling_an_admin_rpc_is_403(
     http: httpx.AsyncClient,
     tenants: tenant_pb2_grpc.TenantServiceAsyncStub,
     tenant: TenantHandle,
-    owner_db: asyncpg.Connection,
+    owner_conn: asyncpg.Connection,
 ) -> None:
     viewer = await create_user(tenants, tenant.owner_key, pb.ROLE_VIEWER)
     token = await login(tenants, tenant.slug, viewer.email)
-    before = await snapshot(owner_db)
+    before = await snapshot(owner_conn)
     response = await http.post(
         "/api/v1/apiKeys",
         json={"apiKey": {"displayName": "x", "scopes": ["API_KEY_SCOPE_READ"]}},
@@ -79,7 +79,7 @@ async def test_viewer_calling_an_admin_rpc_is_403(
     )
     assert response.status_code == 403
     assert "api_keys.write" in response.json()["message"]
-    assert await snapshot(owner_db) == before
+    assert await snapshot(owner_conn) == before
 
 
 async def test_invalid_fields_are_400_with_the_fields_named(

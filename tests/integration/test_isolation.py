@@ -48,22 +48,22 @@ async def test_another_tenants_resources_are_not_found(
     assert still.api_key.state == pb.API_KEY_STATE_ACTIVE
 
 
-async def test_app_role_owns_nothing_and_cannot_bypass_rls(owner_db: asyncpg.Connection) -> None:
-    role = await owner_db.fetchrow(
+async def test_app_role_owns_nothing_and_cannot_bypass_rls(owner_conn: asyncpg.Connection) -> None:
+    role = await owner_conn.fetchrow(
         "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'podmesh_app'"
     )
     assert role is not None
     assert not role["rolsuper"]
     assert not role["rolbypassrls"]
-    owned = await owner_db.fetchval(
+    owned = await owner_conn.fetchval(
         "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner "
         "WHERE r.rolname = 'podmesh_app'"
     )
     assert owned == 0
 
 
-async def test_every_tenant_table_forces_row_level_security(owner_db: asyncpg.Connection) -> None:
-    rows = await owner_db.fetch(
+async def test_every_tenant_table_forces_row_level_security(owner_conn: asyncpg.Connection) -> None:
+    rows = await owner_conn.fetch(
         """
         SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
                (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid) AS policies
