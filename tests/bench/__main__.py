@@ -1,0 +1,62 @@
+"""`make bench`: runs every benchmark, each in its own process, and ends with a summary.
+
+Each benchmark prints its figures as `name: value` lines (and whatever else helps
+to read them). The summary repeats the figures the issues name, in their order.
+BENCH_SCALE (default 1.0) shrinks every benchmark's data for a quick run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+BENCHMARKS = (
+    "tests.bench.counting",
+    "tests.bench.catalog",
+    "tests.bench.analytics_ingest",
+    "tests.bench.analytics_queries",
+)
+SUMMARY = (
+    "ingest_grpc_requests_per_s",
+    "ingest_copy_rows_per_s",
+    "ingest_vs_copy_ratio",
+    "ingest_json_requests_per_s",
+    "query_p50_ms",
+    "query_p95_ms",
+    "query_p99_ms",
+    "analytics_peak_rss_mb",
+)
+FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
+
+
+def main() -> int:
+    figures: dict[str, str] = {}
+    failed: list[str] = []
+    for module in BENCHMARKS:
+        print(f"== {module}", flush=True)
+        if importlib.util.find_spec(module) is None:
+            print("not written yet")
+            continue
+        process = subprocess.Popen(
+            [sys.executable, "-m", module], stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            print(line, end="", flush=True)
+            match = FIGURE.match(line.strip())
+            if match:
+                figures[match.group(1)] = match.group(2)
+        if process.wait() != 0:
+            failed.append(module)
+    print("\n== summary")
+    for name in SUMMARY:
+        print(f"{name}: {figures.get(name, 'n/a')}")
+    for module in failed:
+        print(f"failed: {module}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
