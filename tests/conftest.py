@@ -70,7 +70,16 @@ async def stack(session_dir: Path) -> AsyncIterator[Stack]:
     """
     run_dir = session_dir / "stack"
     shutil.rmtree(run_dir, ignore_errors=True)
-    async with Stack(run_dir, ports=PortPlan.free(), fast_postgres=True) as running:
+    async with Stack(
+        run_dir,
+        ports=PortPlan.free(),
+        fast_postgres=True,
+        # The catalog's feed tests serve feeds from 127.0.0.1, and one never answers.
+        service_env_extra={
+            "PODMESH_FEED_ALLOW_PRIVATE_ADDRESSES": "true",
+            "PODMESH_FEED_TIMEOUT_S": "2",
+        },
+    ) as running:
         yield running
 
 

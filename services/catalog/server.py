@@ -1,7 +1,34 @@
-"""Wires the catalog service (contract in proto/podmesh/catalog/v1; RPCs not built yet)."""
+"""Wires the catalog service: its settings, the feed fetcher and the operations."""
 
-from podmesh.catalog.v1 import catalog_pb2
+from __future__ import annotations
 
-from services.shared.server import contract_only
+from grpc import aio
+from podmesh.catalog.v1 import catalog_pb2_grpc
 
-DEFINITION = contract_only("catalog", catalog_pb2)
+from services.catalog.catalog import Catalog
+from services.catalog.config import CatalogSettings
+from services.catalog.fetch import Fetcher, any_address, is_public
+from services.catalog.permissions import RULES, SERVICE
+from services.catalog.servicer import CatalogServicer
+from services.shared.server import Resources, ServiceDefinition
+
+
+async def register(server: aio.Server, resources: Resources) -> None:
+    settings = resources.settings
+    assert isinstance(settings, CatalogSettings)
+    fetcher = Fetcher(
+        timeout_s=settings.feed_timeout_s,
+        max_redirects=settings.feed_max_redirects,
+        address_allowed=any_address if settings.feed_allow_private_addresses else is_public,
+    )
+    catalog = Catalog(resources.db, resources.page_tokens, fetcher, settings)
+    catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server)
+
+
+DEFINITION = ServiceDefinition(
+    name="catalog",
+    service_names=(SERVICE,),
+    rules=RULES,
+    register=register,
+    settings_type=CatalogSettings,
+)

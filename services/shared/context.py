@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from contextvars import ContextVar
 
 from services.shared.auth import Principal
-from services.shared.errors import Unauthenticated
+from services.shared.errors import FailedPrecondition, Unauthenticated
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
 principal_var: ContextVar[Principal | None] = ContextVar("principal", default=None)
@@ -18,6 +19,20 @@ def current_principal() -> Principal:
     if principal is None:
         raise Unauthenticated("this method needs credentials")
     return principal
+
+
+def current_tenant_id() -> uuid.UUID:
+    """The tenant the caller acts in, for services whose data always belongs to one."""
+    return tenant_of(current_principal())
+
+
+def tenant_of(principal: Principal) -> uuid.UUID:
+    if principal.tenant_id is None:
+        raise FailedPrecondition(
+            "the platform administrator acts on tenants, not inside one: use a tenant's key",
+            reason="TENANT_REQUIRED",
+        )
+    return principal.tenant_id
 
 
 def current_request_id() -> str:

@@ -60,8 +60,10 @@ class InvalidArgument(DomainError):
         )
 
     @classmethod
-    def field(cls, name: str, description: str) -> InvalidArgument:
-        return cls([FieldViolation(name, description)])
+    def field(
+        cls, name: str, description: str, *, reason: str | None = None
+    ) -> InvalidArgument:
+        return cls([FieldViolation(name, description)], reason=reason)
 
 
 class NotFound(DomainError):
@@ -99,6 +101,11 @@ class ResourceExhausted(DomainError):
 class FailedPrecondition(DomainError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "FAILED_PRECONDITION"
+
+
+class Unimplemented(DomainError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
 
 
 class Unavailable(DomainError):

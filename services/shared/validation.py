@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 
 from services.shared.errors import FieldViolation, InvalidArgument
+
+# Deliberately loose: one "@", something on each side, a dot in the domain.
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class Violations:
@@ -23,6 +27,10 @@ class Violations:
     def raise_if_any(self) -> None:
         if self._items:
             raise InvalidArgument(self._items)
+
+
+def is_email(value: str) -> bool:
+    return bool(_EMAIL_RE.fullmatch(value))
 
 
 def parse_uuid(value: str, field: str) -> uuid.UUID:

@@ -24,7 +24,7 @@ from services.shared.auth import (
     api_key_shown_prefix,
     new_api_key_secret,
 )
-from services.shared.context import current_method, current_request_id
+from services.shared.context import current_method, current_request_id, tenant_of
 from services.shared.db import Database
 from services.shared.errors import (
     InvalidArgument,
@@ -46,7 +46,6 @@ from services.tenant.domain import (
     User,
     apply_tenant_update,
     normalise_email,
-    own_tenant,
     require_keeps_an_owner,
     require_owner_change_allowed,
     require_role_grant,
@@ -150,7 +149,7 @@ class TenantDirectory:
         role: Role | None,
         password: str,
     ) -> User:
-        tenant_id = own_tenant(principal)
+        tenant_id = tenant_of(principal)
         email = normalise_email(email)
         validate_new_user(email, display_name, role, password)
         assert role is not None
@@ -176,7 +175,7 @@ class TenantDirectory:
         return created
 
     async def get_user(self, principal: Principal, user_id: uuid.UUID) -> User:
-        async with self._db.tenant_transaction(own_tenant(principal)) as conn:
+        async with self._db.tenant_transaction(tenant_of(principal)) as conn:
             user = await repo.get_user(conn, user_id)
         if user is None:
             raise NotFound("user", str(user_id))
@@ -186,7 +185,7 @@ class TenantDirectory:
         self, principal: Principal, page_size: int, page_token: str
     ) -> tuple[list[User], str]:
         keyset = Keyset(self._tokens, {"list": "users"})
-        async with self._db.tenant_transaction(own_tenant(principal)) as conn:
+        async with self._db.tenant_transaction(tenant_of(principal)) as conn:
             rows = await repo.list_users(conn, keyset.after(page_token), page_size + 1)
         page, more = split_page(rows, page_size)
         last = (page[-1].created_at, page[-1].id) if more and page[-1].created_at else None
@@ -195,7 +194,7 @@ class TenantDirectory:
     async def update_user(
         self, principal: Principal, patch: User, paths: Sequence[str], role: Role | None
     ) -> User:
-        tenant_id = own_tenant(principal)
+        tenant_id = tenant_of(principal)
         requested = mask_paths(paths, USER_UPDATABLE)
         async with self._db.tenant_transaction(tenant_id) as conn:
             current = await repo.get_user(conn, patch.id, for_update=True)
@@ -222,7 +221,7 @@ class TenantDirectory:
         return saved
 
     async def delete_user(self, principal: Principal, user_id: uuid.UUID) -> None:
-        tenant_id = own_tenant(principal)
+        tenant_id = tenant_of(principal)
         async with self._db.tenant_transaction(tenant_id) as conn:
             current = await repo.get_user(conn, user_id, for_update=True)
             if current is None:
@@ -291,7 +290,7 @@ class TenantDirectory:
         scopes: Sequence[Scope | None],
         expires_at: datetime | None,
     ) -> tuple[ApiKey, str]:
-        tenant_id = own_tenant(principal)
+        tenant_id = tenant_of(principal)
         granted = validate_new_api_key(display_name, scopes, utcnow(), expires_at)
         require_scope_grant(principal, granted)
         secret = new_api_key_secret()
@@ -324,7 +323,7 @@ class TenantDirectory:
         return stored, secret
 
     async def get_api_key(self, principal: Principal, api_key_id: uuid.UUID) -> ApiKey:
-        async with self._db.tenant_transaction(own_tenant(principal)) as conn:
+        async with self._db.tenant_transaction(tenant_of(principal)) as conn:
             key = await repo.get_api_key(conn, api_key_id)
         if key is None:
             raise NotFound("api key", str(api_key_id))
@@ -334,7 +333,7 @@ class TenantDirectory:
         self, principal: Principal, page_size: int, page_token: str, show_inactive: bool
     ) -> tuple[list[ApiKey], str]:
         keyset = Keyset(self._tokens, {"list": "api_keys", "inactive": show_inactive})
-        async with self._db.tenant_transaction(own_tenant(principal)) as conn:
+        async with self._db.tenant_transaction(tenant_of(principal)) as conn:
             rows = await repo.list_api_keys(
                 conn, keyset.after(page_token), page_size + 1, show_inactive
             )
@@ -343,7 +342,7 @@ class TenantDirectory:
         return list(page), keyset.next_token(last)
 
     async def revoke_api_key(self, principal: Principal, api_key_id: uuid.UUID) -> ApiKey:
-        tenant_id = own_tenant(principal)
+        tenant_id = tenant_of(principal)
         async with self._db.tenant_transaction(tenant_id) as conn:
             key = await repo.revoke_api_key(conn, api_key_id)
             if key is None:
@@ -357,7 +356,7 @@ class TenantDirectory:
         self, principal: Principal, page_size: int, page_token: str
     ) -> tuple[list[AuditEvent], str]:
         keyset = Keyset(self._tokens, {"list": "audit_events"})
-        async with self._db.tenant_transaction(own_tenant(principal)) as conn:
+        async with self._db.tenant_transaction(tenant_of(principal)) as conn:
             rows = await repo.list_audit_events(conn, keyset.after(page_token), page_size + 1)
         page, more = split_page(rows, page_size)
         last = (page[-1].occurred_at, page[-1].id) if more else None

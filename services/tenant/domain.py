@@ -19,11 +19,9 @@ from services.shared.auth import (
     Scope,
 )
 from services.shared.errors import FailedPrecondition, NotFound, PermissionDenied
-from services.shared.validation import Violations
+from services.shared.validation import Violations, is_email
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
-# Deliberately loose: one "@", something on each side, a dot in the domain.
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD_LENGTH = 12
 MAX_NAME_LENGTH = 200
 
@@ -199,7 +197,7 @@ def validate_new_tenant(tenant: Tenant, key_name: str) -> None:
 
 def validate_new_user(email: str, display_name: str, role: Role | None, password: str) -> None:
     v = Violations()
-    v.check(bool(EMAIL_RE.fullmatch(email)), "user.email", "must be an e-mail address")
+    v.check(is_email(email), "user.email", "must be an e-mail address")
     check_display_name(v, display_name, "user.display_name", required=False)
     v.check(role is not None, "user.role", "is required")
     v.check(
@@ -266,15 +264,6 @@ def tenant_scope(principal: Principal, tenant_id: uuid.UUID) -> uuid.UUID:
     if principal.is_platform_admin or principal.tenant_id == tenant_id:
         return tenant_id
     raise NotFound("tenant", str(tenant_id))
-
-
-def own_tenant(principal: Principal) -> uuid.UUID:
-    if principal.tenant_id is None:
-        raise FailedPrecondition(
-            "the platform administrator acts on tenants, not inside one: use a tenant's key",
-            reason="TENANT_REQUIRED",
-        )
-    return principal.tenant_id
 
 
 def apply_tenant_update(current: Tenant, patch: Tenant, paths: set[str]) -> Tenant:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.tenant.v1 import tenant_pb2 as pb
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from services.shared.auth import CredentialVerifier, Principal, PrincipalType, Role, Scope
 from services.shared.context import current_principal
+from services.shared.protobuf import from_timestamp, timestamp
 from services.shared.validation import page_size, parse_uuid
 from services.tenant.directory import TenantDirectory
 from services.tenant.domain import (
@@ -62,14 +61,6 @@ PRINCIPAL_TYPE_TO_PB = {
     PrincipalType.API_KEY: pb.PRINCIPAL_TYPE_API_KEY,
     PrincipalType.PLATFORM_ADMIN: pb.PRINCIPAL_TYPE_PLATFORM_ADMIN,
 }
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value.astimezone(UTC))
-    return ts
 
 
 def tenant_to_pb(tenant: Tenant) -> pb.Tenant:
@@ -280,7 +271,7 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         self, request: pb.CreateApiKeyRequest, context: Any
     ) -> pb.CreateApiKeyResponse:
         expires = (
-            request.api_key.expire_time.ToDatetime(tzinfo=UTC)
+            from_timestamp(request.api_key.expire_time)
             if request.api_key.HasField("expire_time")
             else None
         )

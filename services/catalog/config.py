@@ -1,0 +1,24 @@
+"""The catalog's own settings, on top of what every service reads."""
+
+from __future__ import annotations
+
+from services.shared.config import Settings
+
+MIB = 1024 * 1024
+
+
+class CatalogSettings(Settings):
+    # The largest feed document ImportFeed accepts, fetched or sent (decompressed).
+    feed_max_bytes: int = 5 * MIB
+    # The whole fetch of a feed, redirects included. Kept well under the
+    # gateway's 30 s route timeout, so a slow feed fails with our reason.
+    feed_timeout_s: float = 10.0
+    feed_max_redirects: int = 5
+    # Feeds (and transcripts) on private, loopback or link-local addresses are
+    # refused unless this is set: only for tests and development.
+    feed_allow_private_addresses: bool = False
+    # podcast:transcript files fetched per import; later imports fetch the rest.
+    transcript_fetches_per_import: int = 50
+    transcript_max_bytes: int = 2 * MIB
+    # All transcript fetches of one import together.
+    transcript_budget_s: float = 8.0
