@@ -60,9 +60,7 @@ class InvalidArgument(DomainError):
         )
 
     @classmethod
-    def field(
-        cls, name: str, description: str, *, reason: str | None = None
-    ) -> InvalidArgument:
+    def field(cls, name: str, description: str, *, reason: str | None = None) -> InvalidArgument:
         return cls([FieldViolation(name, description)], reason=reason)
 
 
