@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import TypeAlias
 
 import grpc
 import httpx
 import pytest
+from podmesh.catalog.v1 import catalog_pb2_grpc
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from devstack.stack import Stack
+from tests.catalog.support import FeedServer
+
+CatalogStub: TypeAlias = "catalog_pb2_grpc.CatalogServiceAsyncStub"
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +46,17 @@ async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     """JSON over HTTP/1.1 through Envoy, as a browser would call it."""
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+async def catalog(stack: Stack) -> AsyncIterator[CatalogStub]:
+    """The catalog service, called directly on its own port."""
+    async with grpc.aio.insecure_channel(stack.service_addr("catalog")) as channel:
+        yield catalog_pb2_grpc.CatalogServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def feeds() -> Iterator[FeedServer]:
+    """A local HTTP server for feed fixtures (the catalog may fetch from loopback in tests)."""
+    with FeedServer() as server:
+        yield server

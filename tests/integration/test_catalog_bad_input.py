@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -21,18 +21,6 @@ from tests.support import TenantHandle, bearer, create_tenant, error_info, viola
 Stub: TypeAlias = "catalog_pb2_grpc.CatalogServiceAsyncStub"
 TABLES = ("podcasts", "episodes", "podcast_terms")
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="session")
-async def catalog(stack: Stack) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(stack.service_addr("catalog")) as channel:
-        yield catalog_pb2_grpc.CatalogServiceStub(channel)
-
-
-@pytest.fixture(scope="session")
-def feeds() -> Iterator[FeedServer]:
-    with FeedServer() as server:
-        yield server
 
 
 @pytest.fixture

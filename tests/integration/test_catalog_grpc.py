@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import TypeAlias
 
 import grpc
@@ -19,12 +19,6 @@ from tests.support import TenantHandle, bearer, create_tenant, error_info, viola
 
 Stub: TypeAlias = "catalog_pb2_grpc.CatalogServiceAsyncStub"
 Tenants: TypeAlias = "tenant_pb2_grpc.TenantServiceAsyncStub"
-
-
-@pytest.fixture(scope="session")
-async def catalog(stack: Stack) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(stack.service_addr("catalog")) as channel:
-        yield catalog_pb2_grpc.CatalogServiceStub(channel)
 
 
 @pytest.fixture

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import TypeAlias
 
-import grpc
 import pytest
 from podmesh.catalog.v1 import catalog_pb2 as pb
 from podmesh.catalog.v1 import catalog_pb2_grpc
@@ -16,18 +14,6 @@ from tests.catalog.support import FeedServer, fixture
 from tests.support import TenantHandle, bearer, create_tenant
 
 Stub: TypeAlias = "catalog_pb2_grpc.CatalogServiceAsyncStub"
-
-
-@pytest.fixture(scope="session")
-async def catalog(stack: Stack) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(stack.service_addr("catalog")) as channel:
-        yield catalog_pb2_grpc.CatalogServiceStub(channel)
-
-
-@pytest.fixture(scope="session")
-def feeds() -> Iterator[FeedServer]:
-    with FeedServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,12 +12,6 @@ from podmesh.tenant.v1 import tenant_pb2_grpc
 from devstack.stack import Stack
 from tests.catalog.support import FeedServer, fixture
 from tests.support import TenantHandle, create_tenant
-
-
-@pytest.fixture(scope="session")
-def feeds() -> Iterator[FeedServer]:
-    with FeedServer() as server:
-        yield server
 
 
 @pytest.fixture

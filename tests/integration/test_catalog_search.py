@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import grpc
@@ -16,12 +15,6 @@ from tests.catalog.support import fixture
 from tests.support import TenantHandle, bearer, create_tenant, violated_fields
 
 Stub: TypeAlias = "catalog_pb2_grpc.CatalogServiceAsyncStub"
-
-
-@pytest.fixture(scope="session")
-async def catalog(stack: Stack) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(stack.service_addr("catalog")) as channel:
-        yield catalog_pb2_grpc.CatalogServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
