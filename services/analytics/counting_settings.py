@@ -1,0 +1,100 @@
+"""The tenant's own counting filters: excluded IP ranges and extra bot User-Agents.
+
+Changes are not written to the audit log: that log belongs to the tenant service,
+which has no RPC for other services to append to it yet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.analytics import metrics_repository as repo
+from services.analytics.metrics_repository import StoredCountingSettings
+from services.shared.db import Database
+from services.shared.validation import Violations, mask_paths
+
+MAX_IP_RANGES = 1000
+MAX_USER_AGENTS = 200
+MAX_USER_AGENT_LENGTH = 200
+UPDATABLE = frozenset({"excluded_ip_ranges", "excluded_user_agents"})
+
+
+@dataclass(frozen=True)
+class CountingSettingsPatch:
+    excluded_ip_ranges: tuple[str, ...]
+    excluded_user_agents: tuple[str, ...]
+
+
+def normalise_ip_ranges(values: Sequence[str], v: Violations) -> tuple[str, ...]:
+    """CIDR ranges in canonical form, without duplicates, in the order given."""
+    if not v.check(
+        len(values) <= MAX_IP_RANGES, "excluded_ip_ranges", f"at most {MAX_IP_RANGES} ranges"
+    ):
+        return ()
+    ranges: dict[str, None] = {}
+    for i, raw in enumerate(values):
+        field = f"excluded_ip_ranges[{i}]"
+        try:
+            network = ipaddress.ip_network(raw.strip(), strict=True)
+        except ValueError:
+            try:
+                suggestion = ipaddress.ip_network(raw.strip(), strict=False)
+            except ValueError:
+                v.add(field, f"{raw!r} is not a CIDR range such as 203.0.113.0/24")
+            else:
+                v.add(field, f"{raw!r} has host bits set: did you mean {suggestion}?")
+            continue
+        ranges[str(network)] = None
+    return tuple(ranges)
+
+
+def normalise_user_agents(values: Sequence[str], v: Violations) -> tuple[str, ...]:
+    """Case-insensitive substrings, matched as typed (no patterns: nothing to backtrack)."""
+    if not v.check(
+        len(values) <= MAX_USER_AGENTS,
+        "excluded_user_agents",
+        f"at most {MAX_USER_AGENTS} substrings",
+    ):
+        return ()
+    agents: dict[str, str] = {}
+    for i, raw in enumerate(values):
+        value = raw.strip()
+        ok = 0 < len(value) <= MAX_USER_AGENT_LENGTH and value.isprintable()
+        if v.check(
+            ok,
+            f"excluded_user_agents[{i}]",
+            f"must be 1 to {MAX_USER_AGENT_LENGTH} printable characters",
+        ):
+            agents.setdefault(value.casefold(), value)
+    return tuple(agents.values())
+
+
+class CountingSettingsStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, tenant_id: uuid.UUID) -> StoredCountingSettings:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            return await repo.get_counting_settings(conn)
+
+    async def update(
+        self, tenant_id: uuid.UUID, patch: CountingSettingsPatch, paths: Sequence[str]
+    ) -> StoredCountingSettings:
+        requested = mask_paths(paths, UPDATABLE)
+        v = Violations()
+        ranges = (
+            normalise_ip_ranges(patch.excluded_ip_ranges, v)
+            if "excluded_ip_ranges" in requested
+            else None
+        )
+        agents = (
+            normalise_user_agents(patch.excluded_user_agents, v)
+            if "excluded_user_agents" in requested
+            else None
+        )
+        v.raise_if_any()
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            return await repo.save_counting_settings(conn, tenant_id, ranges, agents)

@@ -1,0 +1,248 @@
+"""What ingestion asks other services, cached: episodes by id or media URL (catalog)
+and the tenant's counting window, time zone and quotas (tenant service)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
+
+from services.analytics.counting import AdInsertion, AdSlot, CountingWindow, EpisodeMedia
+from services.analytics.ingest_records import Episode
+from services.analytics.peers import Metadata
+from services.shared.context import current_request_id
+from services.shared.errors import DomainError, PermissionDenied, Unauthenticated, Unavailable
+from services.tenant.domain import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
+
+log = logging.getLogger("podmesh.analytics.ingest")
+
+PEER_TIMEOUT_S = 5.0
+# BatchResolveEpisodes takes at most this many ids and URLs together.
+RESOLVE_CHUNK = 500
+# A tenant's cache is dropped whole when it grows past this: simpler than LRU, and a
+# tenant with more live episodes than this refills it in a few batches.
+MAX_CACHED_PER_TENANT = 50_000
+
+
+def _with_request_id(credentials: Metadata) -> Metadata:
+    return (*credentials, ("x-request-id", current_request_id()))
+
+
+def _peer_error(error: grpc.aio.AioRpcError, peer: str) -> DomainError:
+    code = error.code()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(f"the {peer} service refused the credential: {error.details()}")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(
+            f"the {peer} service refused this credential: {error.details()}",
+            reason=f"{peer.upper()}_ACCESS_DENIED",
+        )
+    return Unavailable(f"the {peer} service cannot answer now ({code.name}); send again later")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedEpisode:
+    episode: Episode
+    media: EpisodeMedia
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    by_id: dict[str, Episode]
+    by_url: dict[str, Episode]
+    # Keyed by episode id, for counting.
+    media: dict[str, EpisodeMedia]
+
+
+def episode_media(message: catalog_pb2.EpisodeMedia) -> EpisodeMedia:
+    """The catalog's media facts as counting takes them."""
+    slots: list[AdSlot] = []
+    for slot in message.ad_slots:
+        ranged = slot.HasField("start_byte") and slot.HasField("end_byte")
+        slots.append(
+            AdSlot(
+                slot.id,
+                AdInsertion.BAKED_IN
+                if slot.insertion == catalog_pb2.AD_INSERTION_BAKED_IN
+                else AdInsertion.DYNAMIC,
+                slot.start_byte if ranged else None,
+                slot.end_byte if ranged else None,
+            )
+        )
+    duration = message.duration
+    return EpisodeMedia(
+        message.episode_id,
+        size_bytes=message.media_size_bytes,
+        id3_size_bytes=message.id3_size_bytes if message.HasField("id3_size_bytes") else None,
+        bitrate_bps=message.bitrate_bps,
+        duration_s=duration.seconds + duration.nanos / 1e9
+        if message.HasField("duration")
+        else None,
+        ad_slots=tuple(slots),
+    )
+
+
+def _resolved(message: catalog_pb2.EpisodeMedia) -> ResolvedEpisode:
+    return ResolvedEpisode(Episode(message.episode_id, message.podcast_id), episode_media(message))
+
+
+class EpisodeResolver:
+    """Episodes by id or media URL through the catalog's BatchResolveEpisodes.
+
+    Cached per tenant: found episodes for `ttl_s` (a catalog change reaches counting
+    within that), unknown ones for `negative_ttl_s` (an episode created a moment ago
+    is found soon). One batch costs at most one round trip per 500 misses.
+    """
+
+    def __init__(self, channel: aio.Channel, ttl_s: float, negative_ttl_s: float) -> None:
+        self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        self._ttl_s = ttl_s
+        self._negative_ttl_s = negative_ttl_s
+        self._cache: dict[uuid.UUID, dict[str, tuple[float, ResolvedEpisode | None]]] = {}
+
+    async def resolve(
+        self,
+        tenant_id: uuid.UUID,
+        episode_ids: Collection[str],
+        media_urls: Collection[str],
+        credentials: Metadata,
+    ) -> Resolution:
+        now = time.monotonic()
+        cache = self._cache.setdefault(tenant_id, {})
+        found: dict[str, ResolvedEpisode | None] = {}
+        missing_ids: list[str] = []
+        missing_urls: list[str] = []
+        for keys, prefix, missing in (
+            (episode_ids, "i:", missing_ids),
+            (media_urls, "u:", missing_urls),
+        ):
+            for key in keys:
+                cached = cache.get(prefix + key)
+                if cached is not None and cached[0] > now:
+                    found[prefix + key] = cached[1]
+                else:
+                    missing.append(key)
+        if missing_ids or missing_urls:
+            fetched = await self._fetch(missing_ids, missing_urls, credentials)
+            if len(cache) + len(fetched) > MAX_CACHED_PER_TENANT:
+                cache.clear()
+            for key, value in fetched.items():
+                ttl = self._ttl_s if value is not None else self._negative_ttl_s
+                cache[key] = (now + ttl, value)
+            found.update(fetched)
+        by_id: dict[str, Episode] = {}
+        by_url: dict[str, Episode] = {}
+        media: dict[str, EpisodeMedia] = {}
+        for key, value in found.items():
+            if value is None:
+                continue
+            (by_id if key.startswith("i:") else by_url)[key[2:]] = value.episode
+            media[value.episode.episode_id] = value.media
+        return Resolution(by_id, by_url, media)
+
+    async def media(
+        self, tenant_id: uuid.UUID, episode_ids: Collection[str], credentials: Metadata
+    ) -> dict[str, ResolvedEpisode]:
+        """Media facts of episodes by id, straight from the catalog (no cache)."""
+        fetched = await self._fetch(list(episode_ids), [], credentials)
+        return {key[2:]: value for key, value in fetched.items() if value is not None}
+
+    async def _fetch(
+        self, ids: list[str], urls: list[str], credentials: Metadata
+    ) -> dict[str, ResolvedEpisode | None]:
+        keys = [("i:", key) for key in ids] + [("u:", key) for key in urls]
+        chunks = [keys[i : i + RESOLVE_CHUNK] for i in range(0, len(keys), RESOLVE_CHUNK)]
+        replies = await asyncio.gather(*(self._fetch_chunk(chunk, credentials) for chunk in chunks))
+        fetched: dict[str, ResolvedEpisode | None] = {}
+        for reply in replies:
+            fetched.update(reply)
+        return fetched
+
+    async def _fetch_chunk(
+        self, keys: list[tuple[str, str]], credentials: Metadata
+    ) -> dict[str, ResolvedEpisode | None]:
+        request = catalog_pb2.BatchResolveEpisodesRequest(
+            episode_ids=[key for prefix, key in keys if prefix == "i:"],
+            media_urls=[key for prefix, key in keys if prefix == "u:"],
+        )
+        try:
+            response = await self._stub.BatchResolveEpisodes(
+                request, metadata=_with_request_id(credentials), timeout=PEER_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _peer_error(error, "catalog") from None
+        result: dict[str, ResolvedEpisode | None] = {prefix + key: None for prefix, key in keys}
+        for key, message in response.by_episode_id.items():
+            result["i:" + key] = _resolved(message)
+        for key, message in response.by_media_url.items():
+            result["u:" + key] = _resolved(message)
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class TenantProfile:
+    """The tenant settings and limits ingestion applies."""
+
+    time_zone: str
+    counting_window: CountingWindow
+    monthly_events: int
+    requests_per_second: int
+
+
+def _profile(tenant: tenant_pb2.Tenant) -> TenantProfile:
+    window = tenant.settings.counting_window
+    return TenantProfile(
+        time_zone=tenant.settings.time_zone or "UTC",
+        counting_window=CountingWindow(window) if window else CountingWindow.UTC_DAY,
+        monthly_events=tenant.quota.monthly_events or DEFAULT_MONTHLY_EVENTS,
+        requests_per_second=tenant.quota.api_key_requests_per_second or DEFAULT_API_KEY_RPS,
+    )
+
+
+class TenantProfiles:
+    """Tenant settings and quotas from the tenant service, cached per tenant for `ttl_s`.
+
+    Asked with the platform administrator's token, not the caller's: an ingest-only
+    key may not read its tenant (GetTenant needs tenant.read), yet every batch it
+    sends is counted by its tenant's window and held to its tenant's quota. A stale
+    entry is used while the tenant service is unreachable, so ingestion rides out its
+    restarts.
+    """
+
+    def __init__(self, channel: aio.Channel, admin_token: str, ttl_s: float) -> None:
+        self._stub = tenant_pb2_grpc.TenantServiceStub(channel)
+        self._credentials: Metadata = (("authorization", f"Bearer {admin_token}"),)
+        self._ttl_s = ttl_s
+        self._cache: dict[uuid.UUID, tuple[float, TenantProfile]] = {}
+
+    async def get(self, tenant_id: uuid.UUID) -> TenantProfile:
+        now = time.monotonic()
+        cached = self._cache.get(tenant_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            response = await self._stub.GetTenant(
+                tenant_pb2.GetTenantRequest(tenant_id=str(tenant_id)),
+                metadata=_with_request_id(self._credentials),
+                timeout=PEER_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as error:
+            if cached is not None and error.code() == grpc.StatusCode.UNAVAILABLE:
+                log.warning("tenant service unavailable: using cached settings")
+                return cached[1]
+            raise _peer_error(error, "tenant") from None
+        profile = _profile(response.tenant)
+        self._cache[tenant_id] = (now + self._ttl_s, profile)
+        return profile
+
+    def known(self) -> Mapping[uuid.UUID, TenantProfile]:
+        """Profiles fetched so far (for background work over active tenants)."""
+        return {tenant_id: entry[1] for tenant_id, entry in self._cache.items()}
