@@ -366,16 +366,16 @@ async def test_raw_storage_keeps_tenants_apart_and_old_days_go(
     today = datetime.now(UTC).date()
     old_day = today - timedelta(days=40)
     mine, theirs = uuid.uuid4(), uuid.uuid4()
-    row = (mine, datetime.now(UTC), uuid.uuid4(), 1, 200, False, "r-1", b"l" * 16, b"h" * 16)
-    row_text = ("GET", "", "ua", "", "", "")
+    row = (mine, datetime.now(UTC), uuid.uuid4(), 1, 200, False)
+    row_text = (b"l" * 16, b"h" * 16, "GET", "", "ua", "", "", "")
     app = await asyncpg.connect(stack.app_dsn)
     try:
         await app.fetchval("SELECT analytics_ensure_request_partitions($1, $1)", old_day)
         await app.fetchval("SELECT analytics_ensure_request_partitions($1, $1)", today)
         partition = f"listener_requests_{today:%Y%m%d}"
-        await copy_as(app, mine, partition, (*row, *row_text))
+        await copy_as(app, mine, partition, (*row, "r-1", *row_text))
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await copy_as(app, theirs, partition, (*row, *row_text))
+            await copy_as(app, theirs, partition, (*row, "r-2", *row_text))
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await app.fetch(f"SELECT * FROM {partition}")
         with pytest.raises(asyncpg.RaiseError):
