@@ -69,6 +69,7 @@ log = logging.getLogger("podmesh.analytics.ingest")
 MAX_BATCH_RECORDS = 5_000
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 HOUR_US = 3_600 * 1_000_000
+HANDOFF_KEPT_S = 10.0
 
 
 class IngestSettings(Settings):
@@ -392,6 +393,11 @@ class Ingestor:
             committer.in_flight.add(task)
             task.add_done_callback(committer.in_flight.discard)
             await handoff.locked.wait()
+        # A tenant idle for a while keeps no counted states in memory; its next group
+        # counts under the lock.
+        asyncio.get_running_loop().call_later(
+            HANDOFF_KEPT_S, _forget_handoff, committer, committer.last
+        )
 
     async def _commit_or_split(
         self,
@@ -481,6 +487,11 @@ class Ingestor:
             except Exception:
                 # Redis is never the only copy: the live side repairs from PostgreSQL.
                 log.exception("live counters not updated")
+
+
+def _forget_handoff(committer: _Committer, handoff: Handoff | None) -> None:
+    if committer.last is handoff:
+        committer.last = None
 
 
 def _observed(done: asyncio.Future[int]) -> None:

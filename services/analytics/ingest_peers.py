@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import grpc
@@ -242,7 +242,3 @@ class TenantProfiles:
         profile = _profile(response.tenant)
         self._cache[tenant_id] = (now + self._ttl_s, profile)
         return profile
-
-    def known(self) -> Mapping[uuid.UUID, TenantProfile]:
-        """Profiles fetched so far (for background work over active tenants)."""
-        return {tenant_id: entry[1] for tenant_id, entry in self._cache.items()}
