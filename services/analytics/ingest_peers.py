@@ -18,8 +18,7 @@ from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 from services.analytics.counting import AdInsertion, AdSlot, CountingWindow, EpisodeMedia
 from services.analytics.ingest_records import Episode
 from services.analytics.peers import Metadata
-from services.shared.context import current_request_id
-from services.shared.errors import DomainError, PermissionDenied, Unauthenticated, Unavailable
+from services.shared.peers import forwarded, peer_error
 from services.tenant.domain import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
 
 log = logging.getLogger("podmesh.analytics.ingest")
@@ -30,22 +29,6 @@ RESOLVE_CHUNK = 500
 # A tenant's cache is dropped whole when it grows past this: simpler than LRU, and a
 # tenant with more live episodes than this refills it in a few batches.
 MAX_CACHED_PER_TENANT = 50_000
-
-
-def _with_request_id(credentials: Metadata) -> Metadata:
-    return (*credentials, ("x-request-id", current_request_id()))
-
-
-def _peer_error(error: grpc.aio.AioRpcError, peer: str) -> DomainError:
-    code = error.code()
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return Unauthenticated(f"the {peer} service refused the credential: {error.details()}")
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return PermissionDenied(
-            f"the {peer} service refused this credential: {error.details()}",
-            reason=f"{peer.upper()}_ACCESS_DENIED",
-        )
-    return Unavailable(f"the {peer} service cannot answer now ({code.name}); send again later")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +158,10 @@ class EpisodeResolver:
         )
         try:
             response = await self._stub.BatchResolveEpisodes(
-                request, metadata=_with_request_id(credentials), timeout=PEER_TIMEOUT_S
+                request, metadata=forwarded(credentials), timeout=PEER_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as error:
-            raise _peer_error(error, "catalog") from None
+            raise peer_error(error, "catalog") from None
         result: dict[str, ResolvedEpisode | None] = {prefix + key: None for prefix, key in keys}
         for key, message in response.by_episode_id.items():
             result["i:" + key] = _resolved(message)
@@ -231,14 +214,14 @@ class TenantProfiles:
         try:
             response = await self._stub.GetTenant(
                 tenant_pb2.GetTenantRequest(tenant_id=str(tenant_id)),
-                metadata=_with_request_id(self._credentials),
+                metadata=forwarded(self._credentials),
                 timeout=PEER_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as error:
             if cached is not None and error.code() == grpc.StatusCode.UNAVAILABLE:
                 log.warning("tenant service unavailable: using cached settings")
                 return cached[1]
-            raise _peer_error(error, "tenant") from None
+            raise peer_error(error, "tenant") from None
         profile = _profile(response.tenant)
         self._cache[tenant_id] = (now + self._ttl_s, profile)
         return profile

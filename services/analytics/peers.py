@@ -20,8 +20,7 @@ from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
 from services.analytics.counting.windows import CountingWindow
 from services.analytics.reports import TenantClock
-from services.shared.context import current_request_id
-from services.shared.errors import DomainError, NotFound, PermissionDenied, Unavailable
+from services.shared.peers import forwarded, peer_error
 
 Metadata = tuple[tuple[str, str], ...]
 # Headers that carry a credential (see services.shared.interceptors).
@@ -30,22 +29,6 @@ PEER_TIMEOUT_S = 3.0
 # The catalog's page size limit; the podcast median reads at most this many pages.
 _EPISODE_PAGE = 200
 _MAX_EPISODE_PAGES = 5
-
-
-def _metadata(credentials: Metadata) -> Metadata:
-    return (*credentials, ("x-request-id", current_request_id()))
-
-
-def _peer_error(error: grpc.aio.AioRpcError, peer: str, what: tuple[str, str]) -> DomainError:
-    code = error.code()
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(*what)
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-        return PermissionDenied(
-            f"the {peer} service refused this credential: {error.details()}",
-            reason=f"{peer.upper()}_ACCESS_DENIED",
-        )
-    return Unavailable(f"the {peer} service cannot answer now ({code.name})")
 
 
 class ClockSource(Protocol):
@@ -73,13 +56,13 @@ class TenantClocks:
         try:
             response = await self._stub.GetTenant(
                 tenant_pb2.GetTenantRequest(tenant_id=str(tenant_id)),
-                metadata=_metadata(credentials),
+                metadata=forwarded(credentials),
                 timeout=PEER_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as error:
             if cached is not None and error.code() == grpc.StatusCode.UNAVAILABLE:
                 return cached[1]
-            raise _peer_error(error, "tenant", ("tenant", str(tenant_id))) from None
+            raise peer_error(error, "tenant", not_found=("tenant", str(tenant_id))) from None
         settings = response.tenant.settings
         clock = TenantClock(
             time_zone=settings.time_zone or "UTC",
@@ -116,11 +99,11 @@ class CatalogReleases:
         try:
             response = await self._stub.GetEpisode(
                 catalog_pb2.GetEpisodeRequest(episode_id=str(episode_id)),
-                metadata=_metadata(credentials),
+                metadata=forwarded(credentials),
                 timeout=PEER_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as error:
-            raise _peer_error(error, "catalog", ("episode", str(episode_id))) from None
+            raise peer_error(error, "catalog", not_found=("episode", str(episode_id))) from None
         return _release(response.episode)
 
     async def published_before(
@@ -140,11 +123,11 @@ class CatalogReleases:
                         page_token=token,
                         publish_end_time=end,
                     ),
-                    metadata=_metadata(credentials),
+                    metadata=forwarded(credentials),
                     timeout=PEER_TIMEOUT_S,
                 )
             except grpc.aio.AioRpcError as error:
-                raise _peer_error(error, "catalog", ("podcast", str(podcast_id))) from None
+                raise peer_error(error, "catalog", not_found=("podcast", str(podcast_id))) from None
             releases.extend(_release(e) for e in response.episodes)
             token = response.next_page_token
             if not token:
