@@ -40,7 +40,7 @@ from services.analytics.counting import (
 )
 from services.analytics.counting_settings import CountingSettingsStore
 from services.analytics.ingest_limits import RateLimiter
-from services.analytics.ingest_peers import EpisodeResolver, TenantProfiles
+from services.analytics.ingest_peers import EpisodeResolver
 from services.analytics.ingest_records import check_batch, episode_references
 from services.analytics.ingest_store import (
     GroupResult,
@@ -50,7 +50,7 @@ from services.analytics.ingest_store import (
     TenantCounting,
 )
 from services.analytics.live import CountedDownloads, EpisodeRequests, LiveRecorder
-from services.analytics.peers import Metadata
+from services.analytics.peers import Metadata, TenantProfiles
 from services.analytics.rebuild import CountRebuilder
 from services.shared.auth import Principal
 from services.shared.config import Settings
@@ -84,7 +84,8 @@ class IngestSettings(Settings):
     ingest_group_max_records: int = Field(default=20_000, ge=MAX_BATCH_RECORDS)
     episode_cache_ttl_s: float = Field(default=60.0, gt=0)
     episode_negative_ttl_s: float = Field(default=5.0, gt=0)
-    ingest_tenant_ttl_s: float = Field(default=30.0, gt=0)
+    # How long a tenant's settings and quotas, and its counting filters, are cached.
+    tenant_settings_ttl_s: float = Field(default=30.0, gt=0)
     maintenance_interval_s: float = Field(default=3600.0, gt=0)
 
 
@@ -355,7 +356,7 @@ class Ingestor:
             excluded_ip_ranges=stored.excluded_ip_ranges,
             excluded_user_agents=stored.excluded_user_agents,
         )
-        self._filters[tenant_id] = (now + self._settings.ingest_tenant_ttl_s, filters)
+        self._filters[tenant_id] = (now + self._settings.tenant_settings_ttl_s, filters)
         return filters
 
     # --- group commit --------------------------------------------------------------
@@ -536,7 +537,7 @@ async def _next_or_reader_failure(
 
 
 async def build_ingestion(
-    resources: Resources, counting_settings: CountingSettingsStore
+    resources: Resources, tenants: TenantProfiles, counting_settings: CountingSettingsStore
 ) -> tuple[Ingestor, CountRebuilder]:
     """This process's ingestor and count rebuilder, and the upkeep of raw storage."""
     settings = resources.settings
@@ -544,11 +545,6 @@ async def build_ingestion(
     store = await IngestStore.create(resources.db)
     episodes = EpisodeResolver(
         resources.channel("catalog"), settings.episode_cache_ttl_s, settings.episode_negative_ttl_s
-    )
-    tenants = TenantProfiles(
-        resources.channel("tenant"),
-        settings.admin_token.get_secret_value(),
-        settings.ingest_tenant_ttl_s,
     )
     ingestor = Ingestor(
         store,

@@ -1,10 +1,9 @@
-"""What ingestion asks other services, cached: episodes by id or media URL (catalog)
-and the tenant's counting window, time zone and quotas (tenant service)."""
+"""What ingestion asks the catalog, cached: episodes by id or media URL with the media
+facts counting needs."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import Collection
@@ -13,17 +12,12 @@ from dataclasses import dataclass
 import grpc
 from grpc import aio
 from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
-from services.analytics.counting import AdInsertion, AdSlot, CountingWindow, EpisodeMedia
+from services.analytics.counting import AdInsertion, AdSlot, EpisodeMedia
 from services.analytics.ingest_records import Episode
-from services.analytics.peers import Metadata
+from services.analytics.peers import PEER_TIMEOUT_S, Metadata
 from services.shared.peers import forwarded, peer_error
-from services.tenant.domain import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
 
-log = logging.getLogger("podmesh.analytics.ingest")
-
-PEER_TIMEOUT_S = 5.0
 # BatchResolveEpisodes takes at most this many ids and URLs together.
 RESOLVE_CHUNK = 500
 # A tenant's cache is dropped whole when it grows past this: simpler than LRU, and a
@@ -168,60 +162,3 @@ class EpisodeResolver:
         for key, message in response.by_media_url.items():
             result["u:" + key] = _resolved(message)
         return result
-
-
-@dataclass(frozen=True, slots=True)
-class TenantProfile:
-    """The tenant settings and limits ingestion applies."""
-
-    time_zone: str
-    counting_window: CountingWindow
-    monthly_events: int
-    requests_per_second: int
-
-
-def _profile(tenant: tenant_pb2.Tenant) -> TenantProfile:
-    window = tenant.settings.counting_window
-    return TenantProfile(
-        time_zone=tenant.settings.time_zone or "UTC",
-        counting_window=CountingWindow(window) if window else CountingWindow.UTC_DAY,
-        monthly_events=tenant.quota.monthly_events or DEFAULT_MONTHLY_EVENTS,
-        requests_per_second=tenant.quota.api_key_requests_per_second or DEFAULT_API_KEY_RPS,
-    )
-
-
-class TenantProfiles:
-    """Tenant settings and quotas from the tenant service, cached per tenant for `ttl_s`.
-
-    Asked with the platform administrator's token, not the caller's: an ingest-only
-    key may not read its tenant (GetTenant needs tenant.read), yet every batch it
-    sends is counted by its tenant's window and held to its tenant's quota. A stale
-    entry is used while the tenant service is unreachable, so ingestion rides out its
-    restarts.
-    """
-
-    def __init__(self, channel: aio.Channel, admin_token: str, ttl_s: float) -> None:
-        self._stub = tenant_pb2_grpc.TenantServiceStub(channel)
-        self._credentials: Metadata = (("authorization", f"Bearer {admin_token}"),)
-        self._ttl_s = ttl_s
-        self._cache: dict[uuid.UUID, tuple[float, TenantProfile]] = {}
-
-    async def get(self, tenant_id: uuid.UUID) -> TenantProfile:
-        now = time.monotonic()
-        cached = self._cache.get(tenant_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        try:
-            response = await self._stub.GetTenant(
-                tenant_pb2.GetTenantRequest(tenant_id=str(tenant_id)),
-                metadata=forwarded(self._credentials),
-                timeout=PEER_TIMEOUT_S,
-            )
-        except grpc.aio.AioRpcError as error:
-            if cached is not None and error.code() == grpc.StatusCode.UNAVAILABLE:
-                log.warning("tenant service unavailable: using cached settings")
-                return cached[1]
-            raise peer_error(error, "tenant") from None
-        profile = _profile(response.tenant)
-        self._cache[tenant_id] = (now + self._ttl_s, profile)
-        return profile

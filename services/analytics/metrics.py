@@ -111,17 +111,19 @@ class MetricsReader:
         self._tokens = page_tokens
         self._url = methodology_url
 
+    async def clock(self, tenant_id: uuid.UUID) -> TenantClock:
+        return await self._clocks.clock(tenant_id)
+
     def _methodology(self, clock: TenantClock, bucket_zone: str) -> Methodology:
         return methodology(clock, bucket_zone, datetime.now(UTC), self._url)
 
     async def query(
         self,
         tenant_id: uuid.UUID,
-        credentials: Metadata,
         query: MetricsQuery,
         limits: BreakdownLimits = QUERY_LIMITS,
     ) -> tuple[Report, Plan]:
-        clock = await self._clocks.get(tenant_id, credentials)
+        clock = await self._clocks.clock(tenant_id)
         plan = plan_query(query, clock, limits)
         counts: list[CountRow] = []
         sketches: list[SketchRow] = []
@@ -147,14 +149,13 @@ class MetricsReader:
         report = assemble(plan, counts, sketches, self._methodology(clock, plan.zone_name))
         return report, plan
 
-    async def export(self, tenant_id: uuid.UUID, credentials: Metadata, query: MetricsQuery) -> str:
-        report, plan = await self.query(tenant_id, credentials, query, EXPORT_LIMITS)
+    async def export(self, tenant_id: uuid.UUID, query: MetricsQuery) -> str:
+        report, plan = await self.query(tenant_id, query, EXPORT_LIMITS)
         return render_csv(report, plan)
 
     async def top_episodes(
         self,
         tenant_id: uuid.UUID,
-        credentials: Metadata,
         podcast_id: uuid.UUID | None,
         start: datetime | None,
         end: datetime | None,
@@ -174,7 +175,7 @@ class MetricsReader:
         assert end is not None
         size = page_size(requested_page_size)
         by_listeners = ranking == Metric.LISTENERS
-        clock = await self._clocks.get(tenant_id, credentials)
+        clock = await self._clocks.clock(tenant_id)
         zone_name, cube, first_day, end_day = _day_range(clock, start, end)
         fingerprint = {
             "list": "top_episodes",
@@ -263,7 +264,7 @@ class MetricsReader:
         for i, d in enumerate(windows):
             v.check(1 <= d <= MAX_RELEASE_DAYS, f"days[{i}]", "must be 1 to 365")
         v.raise_if_any()
-        clock = await self._clocks.get(tenant_id, credentials)
+        clock = await self._clocks.clock(tenant_id)
         method = self._methodology(clock, "UTC")
         release = await self._catalog.episode(episode_id, credentials)
         if release.publish_time is None:
@@ -315,7 +316,6 @@ class MetricsReader:
     async def anomalies(
         self,
         tenant_id: uuid.UUID,
-        credentials: Metadata,
         scope: tuple[uuid.UUID | None, uuid.UUID | None],
         start: datetime | None,
         end: datetime | None,
@@ -333,7 +333,7 @@ class MetricsReader:
             "must be a positive number (default 3.5)",
         )
         v.raise_if_any()
-        clock = await self._clocks.get(tenant_id, credentials)
+        clock = await self._clocks.clock(tenant_id)
         zone_name, cube, first_day, end_day = _insight_days(clock, start, end)
         podcast_id, episode_id = scope
         async with self._db.tenant_transaction(tenant_id) as conn:
@@ -360,7 +360,6 @@ class MetricsReader:
     async def forecast(
         self,
         tenant_id: uuid.UUID,
-        credentials: Metadata,
         scope: tuple[uuid.UUID | None, uuid.UUID | None],
         horizon_days: int,
         confidence_level: float,
@@ -379,7 +378,7 @@ class MetricsReader:
             "must be between 0 and 1, e.g. 0.8 (default 0.95)",
         )
         v.raise_if_any()
-        clock = await self._clocks.get(tenant_id, credentials)
+        clock = await self._clocks.clock(tenant_id)
         zone_name, cube, _, today = _insight_days(clock, None, None)
         podcast_id, episode_id = scope
         async with self._db.tenant_transaction(tenant_id) as conn:

@@ -1,12 +1,14 @@
-"""What analytics asks other services: the tenant's time zone and counting window
-(tenant service) and episodes' release times (catalog), as the caller.
+"""What analytics asks other services: the tenant's settings and quotas (tenant
+service) and episodes' release times (catalog). Episodes for ingestion are resolved in
+`ingest_peers`.
 
-Calls forward the caller's own credential, so a peer applies its own permission rules
-and row-level security to exactly the caller; analytics holds no credential of its own.
+Catalog calls forward the caller's own credential, so the catalog applies its own
+permission rules and row-level security to exactly the caller.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,34 +23,65 @@ from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 from services.analytics.counting.windows import CountingWindow
 from services.analytics.reports import TenantClock
 from services.shared.peers import forwarded, peer_error
+from services.tenant.domain import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
+
+log = logging.getLogger("podmesh.analytics.peers")
 
 Metadata = tuple[tuple[str, str], ...]
 # Headers that carry a credential (see services.shared.interceptors).
 CREDENTIAL_HEADERS = ("authorization", "x-api-key")
-PEER_TIMEOUT_S = 3.0
+PEER_TIMEOUT_S = 5.0
 # The catalog's page size limit; the podcast median reads at most this many pages.
 _EPISODE_PAGE = 200
 _MAX_EPISODE_PAGES = 5
 
 
 class ClockSource(Protocol):
-    async def get(self, tenant_id: uuid.UUID, credentials: Metadata) -> TenantClock: ...
+    async def clock(self, tenant_id: uuid.UUID) -> TenantClock: ...
 
 
-class TenantClocks:
-    """The tenant's clock settings, cached per tenant for `ttl_s`.
+@dataclass(frozen=True, slots=True)
+class TenantProfile:
+    """The tenant settings and limits analytics applies."""
 
-    Cached by tenant, not by credential: every caller of a tenant sees the same settings,
-    and anyone allowed to read analytics may read them. A stale entry is served while the
-    tenant service is unreachable, so dashboards keep working through its restarts.
+    time_zone: str
+    counting_window: CountingWindow
+    monthly_events: int
+    requests_per_second: int
+
+    @property
+    def clock(self) -> TenantClock:
+        return TenantClock(time_zone=self.time_zone, counting_window=self.counting_window)
+
+
+def _profile(tenant: tenant_pb2.Tenant) -> TenantProfile:
+    window = tenant.settings.counting_window
+    return TenantProfile(
+        time_zone=tenant.settings.time_zone or "UTC",
+        counting_window=CountingWindow(window) if window else CountingWindow.UTC_DAY,
+        monthly_events=tenant.quota.monthly_events or DEFAULT_MONTHLY_EVENTS,
+        requests_per_second=tenant.quota.api_key_requests_per_second or DEFAULT_API_KEY_RPS,
+    )
+
+
+class TenantProfiles:
+    """Tenant settings and quotas from the tenant service, cached per tenant for `ttl_s`.
+
+    Asked with the platform administrator's token, not the caller's: an ingest-only
+    key may not read its tenant (GetTenant needs tenant.read), yet every batch it
+    sends is counted by its tenant's window and held to its tenant's quota; and every
+    caller allowed to read a tenant's analytics sees them in the tenant's time zone.
+    A stale entry is used while the tenant service is unreachable, so ingestion and
+    dashboards ride out its restarts.
     """
 
-    def __init__(self, channel: aio.Channel, ttl_s: float = 30.0) -> None:
+    def __init__(self, channel: aio.Channel, admin_token: str, ttl_s: float) -> None:
         self._stub = tenant_pb2_grpc.TenantServiceStub(channel)
+        self._credentials: Metadata = (("authorization", f"Bearer {admin_token}"),)
         self._ttl_s = ttl_s
-        self._cache: dict[uuid.UUID, tuple[float, TenantClock]] = {}
+        self._cache: dict[uuid.UUID, tuple[float, TenantProfile]] = {}
 
-    async def get(self, tenant_id: uuid.UUID, credentials: Metadata) -> TenantClock:
+    async def get(self, tenant_id: uuid.UUID) -> TenantProfile:
         now = time.monotonic()
         cached = self._cache.get(tenant_id)
         if cached is not None and cached[0] > now:
@@ -56,20 +89,20 @@ class TenantClocks:
         try:
             response = await self._stub.GetTenant(
                 tenant_pb2.GetTenantRequest(tenant_id=str(tenant_id)),
-                metadata=forwarded(credentials),
+                metadata=forwarded(self._credentials),
                 timeout=PEER_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as error:
             if cached is not None and error.code() == grpc.StatusCode.UNAVAILABLE:
+                log.warning("tenant service unavailable: using cached settings")
                 return cached[1]
             raise peer_error(error, "tenant", not_found=("tenant", str(tenant_id))) from None
-        settings = response.tenant.settings
-        clock = TenantClock(
-            time_zone=settings.time_zone or "UTC",
-            counting_window=CountingWindow(settings.counting_window or CountingWindow.UTC_DAY),
-        )
-        self._cache[tenant_id] = (now + self._ttl_s, clock)
-        return clock
+        profile = _profile(response.tenant)
+        self._cache[tenant_id] = (now + self._ttl_s, profile)
+        return profile
+
+    async def clock(self, tenant_id: uuid.UUID) -> TenantClock:
+        return (await self.get(tenant_id)).clock
 
 
 @dataclass(frozen=True)

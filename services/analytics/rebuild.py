@@ -53,7 +53,7 @@ from services.analytics.counting import (
     to_us,
 )
 from services.analytics.counting_settings import CountingSettingsStore
-from services.analytics.ingest_peers import EpisodeResolver, TenantProfiles
+from services.analytics.ingest_peers import EpisodeResolver
 from services.analytics.ingest_state import encode
 from services.analytics.ingest_store import (
     SKETCH_LG_K,
@@ -63,7 +63,7 @@ from services.analytics.ingest_store import (
     insert_downloads,
     sketch_member,
 )
-from services.analytics.peers import Metadata
+from services.analytics.peers import Metadata, TenantProfiles
 from services.shared.context import current_tenant_id
 from services.shared.db import Database
 from services.shared.errors import NotFound

@@ -372,9 +372,11 @@ class MetricPoint(NamedTuple):
 
 @dataclass(frozen=True)
 class Report:
+    # By bucket, then by dimension value in the order of totals.
     points: list[MetricPoint]
     totals: list[MetricPoint]
     methodology: Methodology
+    bucket_starts: Sequence[datetime]
 
 
 @dataclass(frozen=True)
@@ -494,7 +496,7 @@ def assemble(
                 sum(ads[group]) if want_ads else None,
             )
         )
-    return Report(points=points, totals=totals, methodology=method)
+    return Report(points, totals, method, plan.buckets.starts)
 
 
 def render_csv(report: Report, plan: Plan) -> str:

@@ -4,14 +4,16 @@ here from the shared resources (pool, Redis, peer channels)."""
 from __future__ import annotations
 
 from grpc import aio
+from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 from pydantic import Field
 
 from services.analytics.counting_settings import CountingSettingsStore
 from services.analytics.ingest import IngestSettings, build_ingestion
 from services.analytics.metrics import MetricsReader
-from services.analytics.peers import CatalogReleases, TenantClocks
+from services.analytics.peers import CatalogReleases, TenantProfiles
 from services.analytics.permissions import RULES, SERVICE
+from services.analytics.report_cache import ReportCache
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.watch import LiveWatcher
 from services.shared.server import Resources, ServiceDefinition
@@ -20,25 +22,35 @@ from services.shared.server import Resources, ServiceDefinition
 class AnalyticsSettings(IngestSettings):
     # Disclosed with every report (Methodology.methodology_url).
     methodology_url: str = "https://podmesh.dev/docs/methodology"
-    # How long a tenant's time zone and counting window are cached.
-    tenant_settings_ttl_s: float = Field(default=30.0, gt=0)
+    # QueryMetrics answers kept for reuse while the tenant's counts are unchanged
+    # (services.analytics.report_cache); 0 turns the cache off.
+    query_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # At most this old, since a report says until when its numbers are complete.
+    query_cache_ttl_s: float = Field(default=60.0, gt=0)
 
 
 async def register(server: aio.Server, resources: Resources) -> None:
     settings = resources.settings
     assert isinstance(settings, AnalyticsSettings)
-    clocks = TenantClocks(resources.channel("tenant"), settings.tenant_settings_ttl_s)
+    tenants = TenantProfiles(
+        resources.channel("tenant"),
+        settings.admin_token.get_secret_value(),
+        settings.tenant_settings_ttl_s,
+    )
     metrics = MetricsReader(
         resources.db,
-        clocks,
+        tenants,
         CatalogReleases(resources.channel("catalog")),
         resources.page_tokens,
         settings.methodology_url,
     )
-    watcher = LiveWatcher(resources.db, resources.redis, clocks)
+    watcher = LiveWatcher(resources.db, resources.redis, tenants)
     counting_settings = CountingSettingsStore(resources.db)
-    ingestor, rebuilder = await build_ingestion(resources, counting_settings)
-    servicer = AnalyticsServicer(metrics, watcher, counting_settings, ingestor, rebuilder)
+    ingestor, rebuilder = await build_ingestion(resources, tenants, counting_settings)
+    reports: ReportCache[pb.QueryMetricsResponse] = ReportCache(
+        resources.db, max_bytes=settings.query_cache_bytes, ttl_s=settings.query_cache_ttl_s
+    )
+    servicer = AnalyticsServicer(metrics, watcher, counting_settings, ingestor, rebuilder, reports)
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
 
 

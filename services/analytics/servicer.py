@@ -1,5 +1,6 @@
 """Maps AnalyticsService protobuf messages to the analytics collaborators and back;
-nothing else. Each RPC belongs to one collaborator: MetricsReader (reports, insights),
+nothing else. Each RPC belongs to one collaborator: MetricsReader (reports, insights;
+QueryMetrics answers through the ReportCache),
 LiveWatcher (WatchMetrics), CountingSettingsStore (counting filters), Ingestor
 (ingestion, which speaks the ingestion messages itself) and CountRebuilder (rebuilds)."""
 
@@ -23,9 +24,11 @@ from services.analytics.metrics import MetricsReader
 from services.analytics.metrics_repository import StoredCountingSettings
 from services.analytics.peers import CREDENTIAL_HEADERS, Metadata
 from services.analytics.rebuild import CountRebuilder
-from services.analytics.reports import Methodology, MetricPoint, MetricsQuery
+from services.analytics.report_cache import ReportCache
+from services.analytics.reports import Methodology, MetricPoint, MetricsQuery, Report
 from services.analytics.watch import LiveCounters, LiveWatcher
 from services.shared.context import current_tenant_id
+from services.shared.errors import InvalidArgument
 from services.shared.validation import parse_uuid
 
 DIRECTION_TO_PB = {
@@ -111,6 +114,22 @@ def add_points(container: Any, points: list[MetricPoint]) -> None:
             point.ads_delivered = p.ads_delivered
 
 
+def add_series(response: pb.QueryMetricsResponse, report: Report) -> None:
+    """The report's points as one series per dimension value (the order of totals)."""
+    for start in report.bucket_starts:
+        response.bucket_start_times.add(seconds=int(start.timestamp()))
+    width = len(report.totals)
+    for index, total in enumerate(report.totals):
+        column = report.points[index::width]
+        series = response.series.add(dimension_value=total.dimension_value)
+        if total.downloads is not None:
+            series.downloads.extend([p.downloads or 0 for p in column])
+        if total.listeners is not None:
+            series.listeners.extend([p.listeners or 0 for p in column])
+        if total.ads_delivered is not None:
+            series.ads_delivered.extend([p.ads_delivered or 0 for p in column])
+
+
 def counters_to_pb(c: LiveCounters) -> pb.LiveCounters:
     return pb.LiveCounters(
         update_time=timestamp(c.update_time),
@@ -139,8 +158,10 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         counting_settings: CountingSettingsStore,
         ingestor: Ingestor,
         rebuilds: CountRebuilder,
+        reports: ReportCache[pb.QueryMetricsResponse],
     ) -> None:
         self._metrics = metrics
+        self._reports = reports
         self._watcher = watcher
         self._counting_settings = counting_settings
         self._ingestor = ingestor
@@ -173,20 +194,31 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     async def QueryMetrics(
         self, request: pb.QueryMetricsRequest, context: Any
     ) -> pb.QueryMetricsResponse:
-        report, _ = await self._metrics.query(
-            current_tenant_id(), credentials(context), metrics_query(request)
-        )
-        response = pb.QueryMetricsResponse(methodology=methodology_to_pb(report.methodology))
-        add_points(response.points, report.points)
-        add_points(response.totals, report.totals)
-        return response
+        tenant_id = current_tenant_id()
+        query = metrics_query(request)
+        view = request.view
+        if view not in pb.MetricsView.values():
+            raise InvalidArgument.field("view", f"unknown view {view}")
+        # The tenant's clock is part of the question: it sets the default time zone.
+        clock = await self._metrics.clock(tenant_id)
+        key = (clock, request.SerializeToString(deterministic=True))
+
+        async def compute() -> pb.QueryMetricsResponse:
+            report, _ = await self._metrics.query(tenant_id, query)
+            response = pb.QueryMetricsResponse(methodology=methodology_to_pb(report.methodology))
+            if view == pb.METRICS_VIEW_SERIES:
+                add_series(response, report)
+            else:
+                add_points(response.points, report.points)
+            add_points(response.totals, report.totals)
+            return response
+
+        return await self._reports.answer(tenant_id, key, compute)
 
     async def ExportMetrics(
         self, request: pb.ExportMetricsRequest, context: Any
     ) -> pb.ExportMetricsResponse:
-        text = await self._metrics.export(
-            current_tenant_id(), credentials(context), metrics_query(request)
-        )
+        text = await self._metrics.export(current_tenant_id(), metrics_query(request))
         return pb.ExportMetricsResponse(
             body=httpbody_pb2.HttpBody(
                 content_type="text/csv; charset=utf-8", data=text.encode("utf-8")
@@ -198,7 +230,6 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     ) -> AsyncIterator[pb.WatchMetricsResponse]:
         updates = self._watcher.watch(
             current_tenant_id(),
-            credentials(context),
             optional_uuid(request.podcast_id, "podcast_id"),
             optional_uuid(request.episode_id, "episode_id"),
         )
@@ -210,7 +241,6 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     ) -> pb.ListTopEpisodesResponse:
         episodes, token, method = await self._metrics.top_episodes(
             current_tenant_id(),
-            credentials(context),
             optional_uuid(request.podcast_id, "podcast_id"),
             instant(request, "start_time"),
             instant(request, "end_time"),
@@ -268,7 +298,6 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     ) -> pb.DetectAnomaliesResponse:
         days, method = await self._metrics.anomalies(
             current_tenant_id(),
-            credentials(context),
             (
                 optional_uuid(request.podcast_id, "podcast_id"),
                 optional_uuid(request.episode_id, "episode_id"),
@@ -304,7 +333,6 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     ) -> pb.GetForecastResponse:
         result, starts, method = await self._metrics.forecast(
             current_tenant_id(),
-            credentials(context),
             (
                 optional_uuid(request.podcast_id, "podcast_id"),
                 optional_uuid(request.episode_id, "episode_id"),

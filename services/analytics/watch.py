@@ -22,7 +22,7 @@ from redis.asyncio.client import PubSub
 from services.analytics import live
 from services.analytics import metrics_repository as repo
 from services.analytics.buckets import day_start, time_zone
-from services.analytics.peers import ClockSource, Metadata
+from services.analytics.peers import ClockSource
 from services.analytics.reports import TenantClock, listeners_estimate
 from services.shared.db import Database
 from services.shared.errors import InvalidArgument
@@ -63,14 +63,13 @@ class LiveWatcher:
     async def watch(
         self,
         tenant_id: uuid.UUID,
-        credentials: Metadata,
         podcast_id: uuid.UUID | None,
         episode_id: uuid.UUID | None,
     ) -> AsyncGenerator[tuple[LiveCounters, bool], None]:
         """(counters, heartbeat) pairs: at once, on change, and every heartbeat_s."""
         if podcast_id is not None and episode_id is not None:
             raise InvalidArgument.field("episode_id", "give podcast_id or episode_id, not both")
-        clock = await self._clocks.get(tenant_id, credentials)
+        clock = await self._clocks.clock(tenant_id)
         scope = live.scope_token(podcast_id, episode_id)
         pubsub: PubSub | None = None
         last: LiveCounters | None = None
