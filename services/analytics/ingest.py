@@ -546,13 +546,14 @@ async def build_ingestion(
     episodes = EpisodeResolver(
         resources.channel("catalog"), settings.episode_cache_ttl_s, settings.episode_negative_ttl_s
     )
+    live_counters = LiveRecorder(resources.redis)
     ingestor = Ingestor(
         store,
         episodes,
         tenants,
         counting_settings,
         RateLimiter(resources.redis),
-        LiveRecorder(resources.redis),
+        live_counters,
         settings,
     )
     rebuilder = CountRebuilder(
@@ -560,6 +561,7 @@ async def build_ingestion(
         episodes,
         tenants,
         counting_settings,
+        live_counters,
         retention_days=settings.raw_retention_days,
         grace_hours=settings.counting_grace_hours,
     )

@@ -34,7 +34,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -190,6 +190,28 @@ class LiveRecorder:
             return False
         self._lost.pop(tenant_id, None)
         return True
+
+    async def forget_day(self, tenant_id: uuid.UUID, day: date, scopes: Collection[str]) -> None:
+        """Drops a day's counters after a rebuild recounted it, and tells watchers.
+
+        Counters are only ever raised (a batch may be counted here before PostgreSQL is
+        read), but a rebuild can lower a day: without its counters the next reader
+        repairs the day from PostgreSQL afresh. Increments landing after this are raised
+        to PostgreSQL's values the same way, since they carry no repair mark. Days past
+        the counters' lifetime have nothing left to drop. Never raises for Redis trouble.
+        """
+        if day < datetime.now(UTC).date() - timedelta(seconds=DAY_TTL_S + 86_400):
+            return
+        try:
+            keys = [counters_key(tenant_id, day)]
+            pattern = f"{_tag(tenant_id)}:listeners:{day.isoformat()}:*"
+            keys.extend([key async for key in self._redis.scan_iter(match=pattern, count=1000)])
+            await self._redis.delete(*keys)
+            await self._redis.publish(channel(tenant_id), json.dumps({"scopes": sorted(scopes)}))
+        except REDIS_ERRORS as error:
+            log.warning(
+                "live counters of a rebuilt day not reset", extra={"fields": {"error": repr(error)}}
+            )
 
 
 def notified_scopes(message: object) -> frozenset[str]:

@@ -36,6 +36,7 @@ from datasketches import hll_sketch
 from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
 
+from services.analytics import live
 from services.analytics.counting import (
     DAY_US,
     UNKNOWN_COUNTRY,
@@ -63,6 +64,7 @@ from services.analytics.ingest_store import (
     insert_downloads,
     sketch_member,
 )
+from services.analytics.live import LiveRecorder
 from services.analytics.peers import Metadata, TenantProfiles
 from services.shared.context import current_tenant_id
 from services.shared.db import Database
@@ -108,6 +110,7 @@ class CountRebuilder:
         episodes: EpisodeResolver,
         tenants: TenantProfiles,
         counting_settings: CountingSettingsStore,
+        live_counters: LiveRecorder,
         *,
         retention_days: int,
         grace_hours: int,
@@ -116,6 +119,7 @@ class CountRebuilder:
         self._episodes = episodes
         self._tenants = tenants
         self._counting_settings = counting_settings
+        self._live = live_counters
         self._retention_days = retention_days
         self._grace_hours = grace_hours
         self._tasks: set[asyncio.Task[None]] = set()
@@ -246,6 +250,10 @@ class CountRebuilder:
         }
         podcasts = {episode: resolved[episode].episode.podcast_id for episode in media}
         rules = compile_rules(plan.rules_settings)
+        scopes = {live.TENANT_SCOPE}
+        for episode, podcast in podcasts.items():
+            scopes.add(live.scope_token(None, uuid.UUID(episode)))
+            scopes.add(live.scope_token(uuid.UUID(podcast)))
         # Rolling windows: (episode, listener) -> start of its latest rebuilt window.
         seeds: dict[tuple[str, bytes], int] | None = None
         for done, (day_start, day_end) in enumerate(plan.days, start=1):
@@ -275,6 +283,11 @@ class CountRebuilder:
                     outcome.before,
                     outcome.after,
                 )
+            await self._live.forget_day(
+                tenant_id,
+                live.counting_day(from_us(day_start), plan.rules_settings.window, plan.time_zone),
+                scopes,
+            )
 
 
 @dataclass
