@@ -19,7 +19,7 @@ BOOTSTRAP_PYTHON := $(shell \
 	elif python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then echo python3; \
 	fi)
 
-.PHONY: help venv system-deps gen run test pytest lint lint-proto typecheck fmt bench clean
+.PHONY: help venv system-deps bench-deps gen run test pytest lint lint-proto typecheck fmt bench clean
 
 help:
 	@echo "make run        start the platform on 127.0.0.1 (gateway :8080) until Ctrl-C"
@@ -89,7 +89,11 @@ fmt: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: system-deps venv gen
+# The system packages plus wrk, the load generator of the query benchmark.
+bench-deps:
+	@PYTHON="$(or $(BOOTSTRAP_PYTHON),python3.11)" bash devstack/install-system-deps.sh wrk
+
+bench: bench-deps venv gen
 	@if [ -e tests/bench.py ] || [ -e tests/bench/__main__.py ]; then \
 		$(PY) -m tests.bench; \
 	else \

@@ -2,6 +2,8 @@
 # Installs the system packages the local stack needs, and only those missing:
 # PostgreSQL (unless DATABASE_URL is set), redis-server (unless REDIS_URL is set)
 # and the venv module for the Python that builds .venv. Quiet when all is there.
+# Arguments name further commands to install, each from the Debian package of the
+# same name, for targets that need more than the stack (`make bench`: wrk).
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3.11}"
@@ -26,6 +28,9 @@ if [[ ! -x .venv/bin/python ]] && command -v "$PYTHON" >/dev/null \
     && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
     missing+=("$("$PYTHON" -c 'import sys; print(f"python3.{sys.version_info[1]}-venv")')")
 fi
+for command in "$@"; do
+    command -v "$command" >/dev/null || missing+=("$command")
+done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0

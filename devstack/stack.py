@@ -445,11 +445,22 @@ class Stack:
     async def kill_service(self, name: str) -> int | None:
         return await self.stop_service(name, signal.SIGKILL)
 
-    async def start_service(self, name: str, *, wait_gateway: bool = True) -> None:
-        """(Re)starts a stopped service and waits until it, and Envoy's view of it, is healthy."""
+    async def start_service(
+        self,
+        name: str,
+        *,
+        wait_gateway: bool = True,
+        env_extra: Mapping[str, str] | None = None,
+    ) -> None:
+        """(Re)starts a stopped service and waits until it, and Envoy's view of it, is healthy.
+
+        With `env_extra`, this start and later ones add those variables to service_env().
+        """
         child = self._children.get(name) or self._service_child(name)
         if child.alive:
             raise StackError(f"{name} is already running")
+        if env_extra is not None:
+            child.env = {**self.service_env(name), **env_extra}
         self._spawn(child)
         await self._wait_grpc(name)
         if wait_gateway and "envoy" in self._children:
