@@ -20,6 +20,19 @@ _UNAVAILABLE = (
 )
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Readies a released connection for its next user.
+
+    asyncpg's default also runs RESET ALL, UNLISTEN *, CLOSE ALL and an advisory unlock:
+    one more round trip per transaction, for session state nothing here sets. The pool
+    is used only through the transactions below, whose tenant identity and settings are
+    transaction-local and whose advisory locks are transaction-level; a transaction left
+    open by a failure is still rolled back.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 class Database:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -31,6 +44,7 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             server_settings={"application_name": "podmesh"},
+            reset=_reset,
         )
         return cls(pool)
 
