@@ -6,10 +6,10 @@ Dashboards ask the same questions over and over (every viewer, every refresh), a
 checking that the counts behind it are unchanged costs one indexed read: every counting
 transaction (ingestion, rebuild) bumps the tenant's row in counting_versions. A
 response stored at version v is therefore exact for as long as the version is v, and
-the check runs in the tenant's own transaction under row-level security, so a reused
-answer is as current as a fresh one. The version is read before the report's own
-transaction starts, so a response is never stored under a version newer than its
-numbers (at worst it is stored under an older one and simply not reused).
+the check reads PostgreSQL under row-level security (tenant_counting_version, one
+statement), so a reused answer is as current as a fresh one. The version is read
+before the report's own transaction starts, so a response is never stored under a
+version newer than its numbers (at worst under an older one, and then not reused).
 
 Entries also expire after `ttl_s`: a response discloses until when its numbers are
 complete, which moves with the clock, not with the counts. Concurrent requests for an
@@ -94,9 +94,8 @@ class ReportCache(Generic[M]):
         return response
 
     async def _version(self, tenant_id: uuid.UUID) -> int:
-        async with self._db.tenant_transaction(tenant_id) as conn:
-            version: int | None = await conn.fetchval("SELECT version FROM counting_versions")
-        return version or 0
+        version: int = await self._db.fetchval("SELECT tenant_counting_version($1)", tenant_id)
+        return version
 
     def _store(self, slot: tuple[uuid.UUID, Hashable], version: int, response: M) -> None:
         size = response.ByteSize()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 
@@ -62,6 +63,15 @@ class Database:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
                 yield conn
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    async def fetchval(self, query: str, *args: object) -> Any:
+        """One statement in a transaction of its own: for functions that scope themselves
+        to a tenant (e.g. tenant_counting_version). Without a tenant, row-level security
+        shows a plain query on a tenant table nothing."""
+        try:
+            return await self.pool.fetchval(query, *args)
         except _UNAVAILABLE as exc:
             raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
 

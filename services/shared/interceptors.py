@@ -4,6 +4,7 @@ authorisation from the declared permission table, error mapping, metrics, logs."
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -51,6 +52,8 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._service = service
         self._rules = rules
         self._verifier = verifier
+        # Wrapped once per method: the servicer's handlers never change.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -61,7 +64,12 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or method.startswith(_INFRASTRUCTURE_PREFIXES):
             return handler
-        return _wrap(handler, lambda context: self._enter(method, context), self, method)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(handler, functools.partial(self._enter, method), self, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     async def _enter(self, method: str, context: Context) -> None:
         # grpc.aio runs every RPC in its own task, so these settings end with it.

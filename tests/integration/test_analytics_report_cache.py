@@ -131,3 +131,21 @@ async def test_one_computation_serves_concurrent_askers_and_failures_are_not_kep
     with pytest.raises(RuntimeError):
         await cache.answer(tenant, "broken", failing)
     assert attempts == 2
+
+
+async def test_the_version_function_reads_one_tenant_and_leaves_the_callers_alone(
+    db: Database, owner_conn: asyncpg.Connection
+) -> None:
+    tenant, other = uuid.uuid4(), uuid.uuid4()
+    for _ in range(3):
+        await count_once(owner_conn, tenant)
+    await count_once(owner_conn, other)
+
+    assert await db.fetchval("SELECT tenant_counting_version($1)", tenant) == 3
+    assert await db.fetchval("SELECT tenant_counting_version($1)", uuid.uuid4()) == 0
+    # Nothing of the tenant stays set for the next statement on the connection.
+    assert await db.fetchval("SELECT count(*) FROM counting_versions") == 0
+    async with db.tenant_transaction(other) as conn:
+        assert await conn.fetchval("SELECT tenant_counting_version($1)", tenant) == 3
+        assert await conn.fetchval("SELECT app_tenant_id()") == other
+        assert await conn.fetchval("SELECT version FROM counting_versions") == 1
