@@ -457,16 +457,17 @@ async def _write_states(
     )
 
 
-# Downloads in [$3, $4) with how many ads each delivered: what every cube sums.
+# Downloads in [$3, $4) with how many ads each delivered: what every cube sums. The ads
+# are counted per download through ad_deliveries' primary key: the rows were all written
+# by this transaction, so the planner's statistics predate them, and a join it planned
+# for a handful of rows was quadratic in a day's downloads.
 _DETAIL = """
-    SELECT d.*, coalesce(a.n, 0) AS ads
+    SELECT d.*, (
+        SELECT count(*) FROM ad_deliveries a
+        WHERE a.tenant_id = d.tenant_id AND a.episode_id = d.episode_id
+            AND a.listener_id = d.listener_id AND a.window_start = d.window_start
+    ) AS ads
     FROM downloads d
-    LEFT JOIN (
-        SELECT episode_id, listener_id, window_start, count(*) AS n FROM ad_deliveries
-        WHERE tenant_id = $1 AND episode_id = ANY($2)
-            AND delivered_time >= $3 AND delivered_time < $4
-        GROUP BY 1, 2, 3
-    ) a USING (episode_id, listener_id, window_start)
     WHERE d.tenant_id = $1 AND d.episode_id = ANY($2)
         AND d.download_time >= $3 AND d.download_time < $4
 """
