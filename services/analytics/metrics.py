@@ -313,6 +313,27 @@ class MetricsReader:
         )
         return performance, method
 
+    async def _daily_totals(
+        self,
+        tenant_id: uuid.UUID,
+        scope: tuple[uuid.UUID | None, uuid.UUID | None],
+        cube: str,
+        first_day: date,
+        end_day: date,
+    ) -> list[tuple[date, int, int]]:
+        """Daily downloads of a podcast, an episode or the tenant: what insights fit."""
+        podcast_id, episode_id = scope
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            return await repo.daily_totals(
+                conn,
+                tenant_id,
+                cube,
+                first_day,
+                end_day,
+                podcast_id,
+                (episode_id,) if episode_id else (),
+            )
+
     async def anomalies(
         self,
         tenant_id: uuid.UUID,
@@ -335,17 +356,13 @@ class MetricsReader:
         v.raise_if_any()
         clock = await self._clocks.clock(tenant_id)
         zone_name, cube, first_day, end_day = _insight_days(clock, start, end)
-        podcast_id, episode_id = scope
-        async with self._db.tenant_transaction(tenant_id) as conn:
-            rows = await repo.daily_totals(
-                conn,
-                tenant_id,
-                cube,
-                first_day - timedelta(days=insights.ANOMALY_LOOKBACK_DAYS),
-                end_day,
-                podcast_id,
-                (episode_id,) if episode_id else (),
-            )
+        rows = await self._daily_totals(
+            tenant_id,
+            scope,
+            cube,
+            first_day - timedelta(days=insights.ANOMALY_LOOKBACK_DAYS),
+            end_day,
+        )
         series = _through(rows, end_day - timedelta(days=1))
         checks = insights.detect_anomalies(
             series,
@@ -380,17 +397,9 @@ class MetricsReader:
         v.raise_if_any()
         clock = await self._clocks.clock(tenant_id)
         zone_name, cube, _, today = _insight_days(clock, None, None)
-        podcast_id, episode_id = scope
-        async with self._db.tenant_transaction(tenant_id) as conn:
-            rows = await repo.daily_totals(
-                conn,
-                tenant_id,
-                cube,
-                today - timedelta(days=insights.MAX_FIT_DAYS),
-                today,
-                podcast_id,
-                (episode_id,) if episode_id else (),
-            )
+        rows = await self._daily_totals(
+            tenant_id, scope, cube, today - timedelta(days=insights.MAX_FIT_DAYS), today
+        )
         try:
             result = insights.forecast(
                 _through(rows, today - timedelta(days=1)),
