@@ -1,8 +1,8 @@
 """Maps AnalyticsService protobuf messages to the analytics collaborators and back;
 nothing else. Each RPC belongs to one collaborator: MetricsReader (reports, insights;
-QueryMetrics answers through the ReportCache),
-LiveWatcher (WatchMetrics), CountingSettingsStore (counting filters), Ingestor
-(ingestion, which speaks the ingestion messages itself) and CountRebuilder (rebuilds)."""
+QueryMetrics answers go through the ReportCache), LiveWatcher (WatchMetrics),
+CountingSettingsStore (counting filters), Ingestor (ingestion, which speaks the
+ingestion messages itself) and CountRebuilder (rebuilds)."""
 
 from __future__ import annotations
 
