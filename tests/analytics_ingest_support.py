@@ -151,7 +151,8 @@ def _slot(
     )
 
 
-def _stamp(time_us: int) -> Timestamp:
+def stamp_us(time_us: int) -> Timestamp:
+    """A Timestamp from microseconds since the epoch."""
     return Timestamp(seconds=time_us // 1_000_000, nanos=time_us % 1_000_000 * 1000)
 
 
@@ -240,7 +241,7 @@ def listener_traffic(
             serial += 1
             record = pb.ListenerRequest(
                 id=f"req-{seed}-{serial}",
-                request_time=_stamp(time_us),
+                request_time=stamp_us(time_us),
                 client_ip=listener.ip,
                 user_agent=agent,
                 referer=referer,
@@ -257,6 +258,29 @@ def listener_traffic(
             yield record
             produced += 1
             time_us += rng.randrange(1, 2 * step + 1) if step else 0
+
+
+async def wait_rebuilt(
+    analytics: analytics_pb2_grpc.AnalyticsServiceAsyncStub,
+    rebuild_id: str,
+    key: str,
+    *,
+    poll_s: float = 0.1,
+    timeout_s: float = 20.0,
+) -> pb.CountRebuild:
+    """The rebuild once it has ended, succeeded or failed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = await analytics.GetCountRebuild(
+            pb.GetCountRebuildRequest(count_rebuild_id=rebuild_id), metadata=bearer(key)
+        )
+        if got.count_rebuild.state not in (
+            pb.COUNT_REBUILD_STATE_PENDING,
+            pb.COUNT_REBUILD_STATE_RUNNING,
+        ):
+            return got.count_rebuild
+        await asyncio.sleep(poll_s)
+    raise AssertionError("the rebuild did not finish")
 
 
 def batches(records: Iterable[pb.ListenerRequest], size: int) -> Iterator[list[pb.ListenerRequest]]:

@@ -25,6 +25,7 @@ import httpx
 from google.protobuf import json_format
 
 from devstack.stack import GEN_DIR, ROOT, PortPlan, Stack, ensure_generated
+from tests.bench import scale
 
 # `make bench` runs this as a plain module: the generated code is not on the path yet.
 ensure_generated()
@@ -56,10 +57,6 @@ JSON_BATCH = 1_000
 JSON_CLIENTS = 4
 METHOD = "/podmesh.analytics.v1.AnalyticsService/StreamListenerEvents"
 HOUR_US = 3_600_000_000
-
-
-def scale() -> float:
-    return float(os.environ.get("BENCH_SCALE", "1.0"))
 
 
 def rss_kib(pid: int, field: str) -> int:

@@ -44,9 +44,9 @@ import asyncpg
 import grpc
 import httpx
 from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from devstack.stack import GEN_DIR, ROOT, PortPlan, Stack, ensure_generated
+from tests.bench import scale
 
 # `make bench` runs this as a plain module: the generated code is not on the path yet.
 ensure_generated()
@@ -64,10 +64,14 @@ from tests.analytics_ingest_support import (  # noqa: E402
     batches,
     create_episodes,
     listener_traffic,
+    stamp_us,
+    wait_rebuilt,
 )
 from tests.support import bearer, create_tenant  # noqa: E402
 
 FULL_SIZE = 20_000_000
+# A full-size rebuild takes about 12 minutes here.
+REBUILD_TIMEOUT_S = 3 * 3600
 DAYS = 90
 PODCASTS = 20
 EPISODES_EACH = 10
@@ -145,14 +149,6 @@ class BenchError(Exception):
     """The run cannot give figures worth printing."""
 
 
-def scale() -> float:
-    return float(os.environ.get("BENCH_SCALE", "1.0"))
-
-
-def stamp(time_us: int) -> Timestamp:
-    return Timestamp(seconds=time_us // 1_000_000, nanos=time_us % 1_000_000 * 1000)
-
-
 def rfc3339(time_us: int) -> str:
     moment = dt.datetime.fromtimestamp(time_us / 1_000_000, dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -228,18 +224,13 @@ async def rebuild(
     """Counts the whole range from the raw requests, as a client loading history does."""
     started = await stub.RebuildCounts(
         pb.RebuildCountsRequest(
-            count_rebuild=pb.CountRebuild(start_time=stamp(start_us), end_time=stamp(end_us))
+            count_rebuild=pb.CountRebuild(start_time=stamp_us(start_us), end_time=stamp_us(end_us))
         ),
         metadata=bearer(owner_key),
     )
-    job = started.count_rebuild
-    while job.state not in (pb.COUNT_REBUILD_STATE_SUCCEEDED, pb.COUNT_REBUILD_STATE_FAILED):
-        await asyncio.sleep(1.0)
-        job = (
-            await stub.GetCountRebuild(
-                pb.GetCountRebuildRequest(count_rebuild_id=job.id), metadata=bearer(owner_key)
-            )
-        ).count_rebuild
+    job = await wait_rebuilt(
+        stub, started.count_rebuild.id, owner_key, poll_s=1.0, timeout_s=REBUILD_TIMEOUT_S
+    )
     if job.state == pb.COUNT_REBUILD_STATE_FAILED:
         raise BenchError(f"the rebuild failed: {job.error_message}")
     return job

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from devstack.stack import GEN_DIR, ROOT, PortPlan, Stack, ensure_generated
+from tests.bench import scale
 
 # `make bench` runs this as a plain module: the generated code is not on the path yet.
 ensure_generated()
@@ -38,10 +39,6 @@ FULL_REQUESTS = 4_000
 CLIENTS = 16
 # The topics generated_feed() writes about, some misspelled as people type them.
 QUERIES = ("astronomy", "gardenning", "jazz history", "chess openings", "cycling", "markets")
-
-
-def scale() -> float:
-    return float(os.environ.get("BENCH_SCALE", "1.0"))
 
 
 def ms(seconds: float) -> str:

@@ -35,6 +35,7 @@ from tests.analytics_ingest_support import (
     listener_traffic,
     listeners_estimate,
     now_us,
+    wait_rebuilt,
 )
 from tests.support import bearer
 
@@ -180,22 +181,6 @@ async def test_json_batches_through_the_gateway(
         records, seeded.episodes, stack.secrets.ip_hash_secret, seeded.tenant.id
     )
     assert await counted(owner_conn, seeded.tenant.id) == expected_tables(expected, len(records))
-
-
-async def wait_rebuilt(
-    analytics: analytics_pb2_grpc.AnalyticsServiceAsyncStub, rebuild_id: str, key: str
-) -> pb.CountRebuild:
-    for _ in range(200):
-        got = await analytics.GetCountRebuild(
-            pb.GetCountRebuildRequest(count_rebuild_id=rebuild_id), metadata=bearer(key)
-        )
-        if got.count_rebuild.state not in (
-            pb.COUNT_REBUILD_STATE_PENDING,
-            pb.COUNT_REBUILD_STATE_RUNNING,
-        ):
-            return got.count_rebuild
-        await asyncio.sleep(0.1)
-    raise AssertionError("the rebuild did not finish")
 
 
 async def test_rebuild_twice_gives_identical_counts(
