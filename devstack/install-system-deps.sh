@@ -2,8 +2,8 @@
 # Installs the system packages the local stack needs, and only those missing:
 # PostgreSQL (unless DATABASE_URL is set), redis-server (unless REDIS_URL is set)
 # and the venv module for the Python that builds .venv. Quiet when all is there.
-# Arguments name further commands to install, each from the Debian package of the
-# same name, for targets that need more than the stack (`make bench`: wrk).
+# Arguments name further commands, for targets that need more than the stack
+# (`make bench`: wrk), each pinned to a Debian package version.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3.11}"
@@ -28,8 +28,21 @@ if [[ ! -x .venv/bin/python ]] && command -v "$PYTHON" >/dev/null \
     && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
     missing+=("$("$PYTHON" -c 'import sys; print(f"python3.{sys.version_info[1]}-venv")')")
 fi
-for command in "$@"; do
-    command -v "$command" >/dev/null || missing+=("$command")
+# Each further argument is COMMAND=DEBIAN_VERSION: the command comes from the Debian
+# package of the same name at exactly that version, so a benchmark's tool is locked too.
+for pinned in "$@"; do
+    command=${pinned%%=*}
+    version=${pinned#*=}
+    if ! command -v "$command" >/dev/null; then
+        missing+=("$command=$version")
+        continue
+    fi
+    installed=$(dpkg-query -W -f='${Version}' "$command" 2>/dev/null || true)
+    if [[ "$installed" != "$version" ]]; then
+        echo "$command ${installed:-(not from a Debian package)} is installed, but the" \
+            "Makefile locks version $version: install that one (apt-get install $command=$version)" >&2
+        exit 1
+    fi
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then

@@ -199,4 +199,4 @@ async def _notified(pubsub: PubSub, scope: str, deadline: float) -> None:
 
 async def _close(pubsub: PubSub) -> None:
     with contextlib.suppress(*live.REDIS_ERRORS):
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
