@@ -494,6 +494,18 @@ def _local_reply_config(max_request_body_bytes: int, max_request_headers_kb: int
         }
     }
 
+    # A filter that answers with its own JSON body (a google.rpc.Status already) keeps it.
+    not_json_yet = {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": _TYPE + "extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": "!('content-type' in response.headers"
+                " && response.headers['content-type'].startsWith('application/json'))",
+            },
+        }
+    }
+
     def status_is(op: str, status: int) -> dict[str, Any]:
         return {
             "status_code_filter": {
@@ -544,14 +556,14 @@ def _local_reply_config(max_request_body_bytes: int, max_request_headers_kb: int
     for error in local_errors(max_request_body_bytes, max_request_headers_kb):
         mappers.append(
             {
-                "filter": both(json_client, status_is("EQ", error.http_status)),
+                "filter": both(json_client, not_json_yet, status_is("EQ", error.http_status)),
                 "body_format_override": json_status(error),
             }
         )
     # Anything else Envoy may answer (405, 426, 500, ...) keeps its status, still as JSON.
     mappers.append(
         {
-            "filter": both(json_client, status_is("GE", 400)),
+            "filter": both(json_client, not_json_yet, status_is("GE", 400)),
             "body_format_override": json_status(None),
         }
     )

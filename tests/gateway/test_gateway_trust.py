@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from devstack import protogen
@@ -21,6 +22,7 @@ from gateway.envoy_config import (
     podmesh_services,
     render_envoy_config,
 )
+from tests.gateway.test_envoy_config import running, wait_for
 
 ENVOY = Path(sys.executable).parent / "envoy"
 
@@ -124,7 +126,7 @@ def test_only_json_clients_get_json_local_replies(descriptor_set: Path) -> None:
     assert "body_format" not in connection_manager(render(descriptor_set))["local_reply_config"]
     json_statuses = []
     for mapper in mappers:
-        content_type, status = mapper["filter"]["and_filter"]["filters"]
+        content_type, *_, status = mapper["filter"]["and_filter"]["filters"]
         header = content_type["header_filter"]["header"]
         assert header["name"] == ORIGINAL_CONTENT_TYPE_HEADER
         assert header["string_match"] == {"prefix": "application/grpc"}
@@ -140,7 +142,7 @@ def test_only_json_clients_get_json_local_replies(descriptor_set: Path) -> None:
     assert codes == [400, 404, 408, 413, 429, 431, 502, 503, 504, 400]
     # The last one catches every other error status.
     assert (
-        mappers[-1]["filter"]["and_filter"]["filters"][1]["status_code_filter"]["comparison"]["op"]
+        mappers[-1]["filter"]["and_filter"]["filters"][-1]["status_code_filter"]["comparison"]["op"]
         == "GE"
     )
 
@@ -156,3 +158,64 @@ def test_envoy_accepts_the_hardened_config(descriptor_set: Path, tmp_path: Path)
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+LUA_STATUS = b'{"code":3,"message":"unknown field","details":[]}'
+
+
+def test_a_filters_own_json_reply_is_kept(descriptor_set: Path, tmp_path: Path) -> None:
+    """A filter that answers JSON itself (say, a Lua check of the body) keeps its body;
+    Envoy's own plain-text errors next to it still become JSON."""
+    config = render(descriptor_set)
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = 0
+    config["admin"]["address"]["socket_address"]["port_value"] = 0
+    lua = f"""
+function envoy_on_request(handle)
+  if handle:headers():get(":path") == "/api/v1/answeredByLua" then
+    handle:respond({{[":status"] = "400", ["content-type"] = "application/json"}},
+                   '{LUA_STATUS.decode()}')
+  end
+end
+"""
+    filters = connection_manager(config)["http_filters"]
+    transcoder = [f["name"] for f in filters].index("envoy.filters.http.grpc_json_transcoder")
+    filters.insert(
+        transcoder,
+        {
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": lua},
+            },
+        },
+    )
+    config_path = tmp_path / "envoy.json"
+    config_path.write_text(json.dumps(config))
+    admin_address = tmp_path / "admin.address"
+    args: list[str | Path] = [
+        ENVOY,
+        *("-c", config_path, "--disable-hot-restart", "--concurrency", "1"),
+        *("--admin-address-path", admin_address, "--log-level", "warn"),
+    ]
+    log = tmp_path / "envoy.log"
+    with running(args, log) as envoy, httpx.Client(timeout=5) as http:
+
+        def listener_url() -> str | None:
+            text = admin_address.read_text().strip() if admin_address.exists() else ""
+            if not text:
+                return None
+            try:
+                listeners = http.get(f"http://{text}/listeners", params={"format": "json"})
+            except httpx.TransportError:
+                return None
+            port = listeners.json()["listener_statuses"][0]["local_address"]["socket_address"]
+            return f"http://127.0.0.1:{port['port_value']}" if port.get("port_value") else None
+
+        url = wait_for(listener_url, what="envoy listener", process=envoy, log=log)
+        answered = http.get(f"{url}/api/v1/answeredByLua")
+        assert answered.status_code == 400
+        assert answered.content == LUA_STATUS
+        unknown = http.get(f"{url}/api/v1/nothingHere")
+        assert unknown.status_code == 404
+        assert unknown.headers["content-type"] == "application/json"
+        assert unknown.json()["code"] == 5
