@@ -692,7 +692,8 @@ def _remember_path_and_content_type() -> list[dict[str, Any]]:
     # The REST path for the access log, which cannot read x-envoy-original-path once it
     # is removed for the upstream. The content type for local replies: grpc_web and the
     # transcoder rewrite it to application/grpc before Envoy answers a JSON client itself.
-    # Headers a client sends under these names are replaced, or removed when empty.
+    # Sent by a client under these names, they are overwritten; a client that sends no
+    # content type and forges this one only gets its own errors as plain text.
     return [
         {
             "append": {
