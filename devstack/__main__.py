@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -16,7 +17,10 @@ import sys
 from pathlib import Path
 
 from devstack.procs import StackError, pid_alive
+from devstack.redis import RedisServer
 from devstack.stack import (
+    CORS_ORIGINS_ENV,
+    GATEWAY_BIND_ENV,
     ROOT,
     SERVICES,
     TEST_DIR_PREFIX,
@@ -70,12 +74,14 @@ def banner(stack: Stack) -> str:
     services = "  ".join(f"{n} {stack.ports.grpc[n]}" for n in SERVICES)
     return f"""
 Podmesh is up.
-  gateway       {stack.gateway_addr}  (gRPC over h2c, JSON under /api/v1, reflection)
+  gateway       {stack.gateway_listen}  (gRPC over h2c, JSON under /api/v1, reflection)
+                {_exposure(stack.gateway_bind)}
+  CORS origins  {", ".join(stack.cors_allowed_origins) or "none"}  ({CORS_ORIGINS_ENV})
 {token_line}
-  services      {services}
+  services      {services}  (127.0.0.1)
   logs          {rel}/logs/
   PostgreSQL    {_redacted(stack.owner_dsn)}
-  Redis         {stack.redis_url}
+  Redis         {_redacted(stack.redis_url)}{_redis_password_hint(stack, rel)}
 
 Try:
   {venv_bin}/grpcurl -plaintext {stack.gateway_addr} list
@@ -83,6 +89,18 @@ Try:
 
 Ctrl-C (or SIGTERM) stops everything.
 """
+
+
+def _redis_password_hint(stack: Stack, rel: str) -> str:
+    if not isinstance(stack.redis, RedisServer):
+        return ""
+    return f"  (password in {rel}/{stack.redis.password_file.relative_to(stack.run_dir)})"
+
+
+def _exposure(bind: str) -> str:
+    if ipaddress.ip_address(bind).is_loopback:
+        return f"loopback only; {GATEWAY_BIND_ENV}=0.0.0.0 would expose it"
+    return f"reachable from other machines ({GATEWAY_BIND_ENV}={bind})"
 
 
 def _redacted(dsn: str) -> str:

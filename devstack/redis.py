@@ -1,13 +1,16 @@
 """A throwaway redis-server on loopback, or the one REDIS_URL names.
 
 Nothing in Redis is the only copy of anything (ARCHITECTURE.md section 6), so
-the throwaway server keeps no snapshot and no append-only file.
+the throwaway server keeps no snapshot and no append-only file. It still asks for a
+password: any local user or process (a browser page's DNS-rebinding trick included)
+could otherwise read the caches and counters, or write them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -15,13 +18,14 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from devstack.procs import (
     PidRegistry,
     RunAs,
     StackError,
     make_owned_dir,
+    make_owned_file,
     spawn,
     tail,
     terminate,
@@ -52,14 +56,27 @@ def find_redis_server() -> str:
     return found
 
 
-async def ping(host: str, port: int, within: float = 1.0) -> bool:
-    """True when something on host:port answers a RESP PING with PONG."""
+def _command(*words: str) -> bytes:
+    parts = [f"*{len(words)}\r\n".encode()]
+    for word in words:
+        data = word.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+async def ping(host: str, port: int, within: float = 1.0, password: str | None = None) -> bool:
+    """True when something on host:port answers a RESP PING with PONG (after AUTH)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), within)
     except (OSError, TimeoutError):
         return False
     try:
-        writer.write(b"PING\r\n")
+        if password is not None:
+            writer.write(_command("AUTH", password))
+            await writer.drain()
+            if not (await asyncio.wait_for(reader.readline(), within)).startswith(b"+OK"):
+                return False
+        writer.write(_command("PING"))
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), within)
         return line.startswith(b"+PONG")
@@ -83,10 +100,13 @@ class RedisServer:
         host: str = "127.0.0.1",
         start_timeout: float = 30.0,
         registry: PidRegistry | None = None,
+        password: str | None = None,
     ) -> None:
         self.root = root.absolute()
         self.port = port
         self.host = host
+        # Kept for restart(); written to root/password for redis-cli (-a or AUTH).
+        self.password = password or secrets.token_urlsafe(32)
         self.log_path = (log_path or self.root / "redis.log").absolute()
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
@@ -96,7 +116,15 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return f"redis://:{quote(self.password, safe='')}@{self.host}:{self.port}/0"
+
+    @property
+    def password_file(self) -> Path:
+        return self.root / "password"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "redis.conf"
 
     @property
     def pid(self) -> int | None:
@@ -107,8 +135,10 @@ class RedisServer:
         return self.pid is not None
 
     def argv(self) -> list[str]:
+        # The password is in the config file, not on a command line every user can read.
         return [
             find_redis_server(),
+            str(self.config_file),
             "--bind", self.host,
             "--port", str(self.port),
             "--protected-mode", "yes",
@@ -126,11 +156,13 @@ class RedisServer:
         # Redis does not need root either; it runs as the database user.
         self._run_as = unprivileged_user()
         make_owned_dir(self.root, self._run_as)
+        self._write_secret(self.config_file, f"requirepass {self.password}\n")
+        self._write_secret(self.password_file, self.password + "\n")
         self.proc = spawn(self.argv(), log_path=self.log_path, run_as=self._run_as)
         if self._registry is not None:
             self._registry.record("redis", self.proc)
         deadline = time.monotonic() + self.start_timeout
-        while not await ping(self.host, self.port):
+        while not await ping(self.host, self.port, password=self.password):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 state = (
                     f"exited with {self.proc.returncode}"
@@ -143,6 +175,11 @@ class RedisServer:
                     f"last lines of {self.log_path}:\n{tail(self.log_path)}"
                 )
             await asyncio.sleep(0.05)
+
+    def _write_secret(self, path: Path, text: str) -> None:
+        make_owned_file(path, self._run_as)
+        path.chmod(0o600)
+        path.write_text(text)
 
     async def stop(self) -> None:
         if self.proc is None:

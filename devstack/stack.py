@@ -10,6 +10,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import ipaddress
 import logging
 import os
 import secrets
@@ -41,6 +42,7 @@ from devstack.procs import (
     terminate,
 )
 from devstack.redis import ExternalRedis, RedisServer, redis_from_env
+from gateway.envoy_config import parse_cors_origins
 
 log = logging.getLogger("devstack")
 
@@ -50,6 +52,9 @@ DESCRIPTOR_SET = ROOT / ".build" / "podmesh.pb"
 SERVICES = ("tenant", "catalog", "campaign", "attribution", "analytics")
 APP_ROLE = "podmesh_app"
 HOST = "127.0.0.1"
+# The gateway alone may listen beyond loopback, and only when asked to.
+GATEWAY_BIND_ENV = "PODMESH_GATEWAY_BIND"
+CORS_ORIGINS_ENV = "PODMESH_CORS_ALLOWED_ORIGINS"
 # Test sessions keep their stacks in .run/test-<pid>; `make run` never touches them.
 TEST_DIR_PREFIX = "test-"
 
@@ -66,6 +71,24 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise StackError(f"{name}={raw!r} is not a port number") from None
+
+
+def gateway_bind(env: Mapping[str, str]) -> str:
+    """The address the gateway listens on: loopback unless PODMESH_GATEWAY_BIND says."""
+    raw = env.get(GATEWAY_BIND_ENV) or HOST
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise StackError(
+            f"{GATEWAY_BIND_ENV}={raw!r} is not an IP address (0.0.0.0 for every interface)"
+        ) from None
+
+
+def cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    try:
+        return parse_cors_origins(env.get(CORS_ORIGINS_ENV, ""))
+    except ValueError as error:
+        raise StackError(f"{CORS_ORIGINS_ENV}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -242,6 +265,8 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.run_dir = self.run_dir.absolute()
+        self.gateway_bind = gateway_bind(self.env)
+        self.cors_allowed_origins = cors_origins(self.env)
         self.logs_dir = self.run_dir / "logs"
         self.postgres: PostgresServer | ExternalPostgres = postgres_from_env(
             self.run_dir / "postgres",
@@ -269,12 +294,21 @@ class Stack:
         return self.ports.gateway
 
     @property
+    def gateway_listen(self) -> str:
+        """Where the gateway listens, as the banner prints it."""
+        return _host_port(self.gateway_bind, self.ports.gateway)
+
+    @property
     def gateway_addr(self) -> str:
-        return f"{HOST}:{self.ports.gateway}"
+        """Where a client on this machine reaches the gateway."""
+        bind = ipaddress.ip_address(self.gateway_bind)
+        if bind.is_unspecified:
+            bind = ipaddress.ip_address("::1" if bind.version == 6 else HOST)
+        return _host_port(str(bind), self.ports.gateway)
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{HOST}:{self.ports.gateway}"
+        return f"http://{self.gateway_addr}"
 
     @property
     def envoy_admin_url(self) -> str:
@@ -333,6 +367,7 @@ class Stack:
                 "PODMESH_SERVICE": name,
                 "PODMESH_GRPC_HOST": HOST,
                 "PODMESH_GRPC_PORT": str(self.ports.grpc[name]),
+                "PODMESH_METRICS_HOST": HOST,
                 "PODMESH_METRICS_PORT": str(self.ports.metrics[name]),
                 "DATABASE_URL": self.app_dsn,
                 "REDIS_URL": self.redis_url,
@@ -543,12 +578,15 @@ class Stack:
             sys.executable, "-m", "gateway.envoy_config",
             "--descriptor-set", str(DESCRIPTOR_SET),
             "--out", str(self.envoy_config_path),
+            "--listen-host", self.gateway_bind,
             "--listen-port", str(self.ports.gateway),
             "--admin-port", str(self.ports.envoy_admin),
             "--reflection", self.reflection_addr,
         ]  # fmt: skip
         for name in SERVICES:
             argv += ["--upstream", f"{name}={self.service_addr(name)}"]
+        for origin in self.cors_allowed_origins:
+            argv += ["--cors-origin", origin]
         await run_command(argv, env=self._tool_env(), cwd=ROOT, within=60)
 
     def _envoy_child(self) -> _Child:
@@ -680,6 +718,10 @@ class Stack:
                     child.proc.wait(5)
         self.redis.kill_now()
         self.postgres.kill_now()
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _all(*waits: Awaitable[None]) -> None:

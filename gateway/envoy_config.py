@@ -25,6 +25,14 @@ DEFAULT_MAX_RESPONSE_BODY_BYTES = 16 * MIB
 DEFAULT_MAX_DOWNSTREAM_CONNECTIONS = 10_000
 DEFAULT_UNARY_TIMEOUT_S = 30
 DEFAULT_STREAM_IDLE_TIMEOUT_S = 300
+# Unary gRPC requests are buffered and capped at the edge; above what any unary RPC takes
+# (a 5 MiB feed body, a 4 MiB ingestion batch), below the services' 16 MiB.
+DEFAULT_MAX_GRPC_UNARY_REQUEST_BYTES = 8 * MIB
+# Room for a 20 KB URL, far under the services' gRPC metadata limit (GRPC_MAX_METADATA_BYTES
+# in services/shared/server.py), so an oversized request is the gateway's clean 431 and
+# never the upstream's RESOURCE_EXHAUSTED naming its headers.
+DEFAULT_MAX_REQUEST_HEADERS_KB = 32
+DEFAULT_LISTEN_HOST = "127.0.0.1"
 # Only a backstop: streaming routes override it with their own idle_timeout, and
 # unary routes end at their timeout first.
 HCM_STREAM_IDLE_TIMEOUT_S = 3600
@@ -45,6 +53,14 @@ CORS_ALLOW_HEADERS = (
 CORS_EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id")
 
 ORIGINAL_METHOD_HEADER = "x-podmesh-original-method"
+ORIGINAL_PATH_HEADER = "x-podmesh-original-path"
+ORIGINAL_CONTENT_TYPE_HEADER = "x-podmesh-original-content-type"
+# What the access log keeps of a REST path; the whole URL (a 20 KB page token) would also
+# travel to the services in this header.
+ORIGINAL_PATH_MAX_CHARS = 1024
+# The transcoder copies the whole REST URL into it; the services never read it, and its
+# size alone can exceed their gRPC metadata limit.
+UPSTREAM_HEADERS_TO_REMOVE = ("x-envoy-original-path",)
 
 RETRY_ON = "unavailable,reset,connect-failure"
 RETRY_ATTEMPTS = 2
@@ -121,8 +137,10 @@ def render_envoy_config(
     upstreams: Mapping[str, Sequence[tuple[str, int]]],
     reflection_upstream: tuple[str, int],
     access_log_path: str | None = None,
-    cors_allowed_origins: Sequence[str] = ("*",),
+    cors_allowed_origins: Sequence[str] = (),
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+    max_grpc_unary_request_bytes: int = DEFAULT_MAX_GRPC_UNARY_REQUEST_BYTES,
+    max_request_headers_kb: int = DEFAULT_MAX_REQUEST_HEADERS_KB,
     max_response_body_bytes: int = DEFAULT_MAX_RESPONSE_BODY_BYTES,
     max_downstream_connections: int = DEFAULT_MAX_DOWNSTREAM_CONNECTIONS,
     unary_timeout_s: int = DEFAULT_UNARY_TIMEOUT_S,
@@ -133,8 +151,11 @@ def render_envoy_config(
     `upstreams` maps a backend (the <name> of package podmesh.<name>.vN) to its
     replicas. Every backend that has a service in the descriptor set must be given;
     extra backends still get a cluster, so a stack can be wired before its contract
-    lands.
+    lands. `cors_allowed_origins` are exact origins (see `parse_cors_origins`); none by
+    default, so no browser page may call the API with its user's credentials.
     """
+    for origin in cors_allowed_origins:
+        parse_cors_origin(origin)
     services = podmesh_services(load_descriptor_set(descriptor_set))
     missing = sorted({service.backend for service in services} - set(upstreams))
     if missing:
@@ -165,15 +186,20 @@ def render_envoy_config(
         },
         "stream_idle_timeout": f"{HCM_STREAM_IDLE_TIMEOUT_S}s",
         "request_headers_timeout": "10s",
+        "max_request_headers_kb": max_request_headers_kb,
+        "local_reply_config": _local_reply_config(max_request_body_bytes, max_request_headers_kb),
         "early_header_mutation_extensions": [_remember_method()],
         "access_log": [_access_log(access_log_path or "/dev/stdout")],
         "route_config": {
             "name": "podmesh",
+            "request_headers_to_remove": list(UPSTREAM_HEADERS_TO_REMOVE),
             "virtual_hosts": [
                 {
                     "name": "podmesh",
                     "domains": ["*"],
-                    "routes": _routes(services, timeouts, max_request_body_bytes),
+                    "routes": _routes(
+                        services, timeouts, max_request_body_bytes, max_grpc_unary_request_bytes
+                    ),
                     "typed_per_filter_config": {
                         "envoy.filters.http.cors": _cors_policy(cors_allowed_origins),
                     },
@@ -264,7 +290,10 @@ BUFFER_FILTER = "envoy.filters.http.buffer"
 
 
 def _routes(
-    services: Sequence[Service], timeouts: _Timeouts, max_request_body_bytes: int
+    services: Sequence[Service],
+    timeouts: _Timeouts,
+    max_request_body_bytes: int,
+    max_grpc_unary_request_bytes: int,
 ) -> list[dict[str, Any]]:
     streaming_route = {"timeout": "0s", "idle_timeout": timeouts.stream_idle}
     retry_policy = {
@@ -291,13 +320,15 @@ def _routes(
                 action["timeout"] = timeouts.unary
                 if method.idempotent:
                     action["retry_policy"] = retry_policy
-            routes.append(
-                {
-                    "name": service.path(method),
-                    "match": {"path": service.path(method)},
-                    "route": action,
-                }
-            )
+            route: dict[str, Any] = {
+                "name": service.path(method),
+                "match": {"path": service.path(method)},
+                "route": action,
+            }
+            # Streams are never buffered: their messages are the services' to bound.
+            if not method.streaming:
+                route["typed_per_filter_config"] = _buffer_up_to(max_grpc_unary_request_bytes)
+            routes.append(route)
     # Methods newer than this descriptor set still reach their backend, as unary.
     for package, backend in sorted({(s.package, s.backend) for s in services}):
         routes.append(
@@ -334,18 +365,23 @@ def _routes(
             "name": "rest",
             "match": {"prefix": "/"},
             "route": {"cluster": REFLECTION_CLUSTER, "timeout": timeouts.unary},
-            "typed_per_filter_config": {
-                BUFFER_FILTER: {
-                    "@type": _TYPE + "config.route.v3.FilterConfig",
-                    "config": {
-                        "@type": _TYPE + "extensions.filters.http.buffer.v3.BufferPerRoute",
-                        "buffer": {"max_request_bytes": max_request_body_bytes},
-                    },
-                }
-            },
+            "typed_per_filter_config": _buffer_up_to(max_request_body_bytes),
         }
     )
     return routes
+
+
+def _buffer_up_to(max_request_bytes: int) -> dict[str, Any]:
+    """Switches the buffer filter on for a route: a larger request body is answered 413."""
+    return {
+        BUFFER_FILTER: {
+            "@type": _TYPE + "config.route.v3.FilterConfig",
+            "config": {
+                "@type": _TYPE + "extensions.filters.http.buffer.v3.BufferPerRoute",
+                "buffer": {"max_request_bytes": max_request_bytes},
+            },
+        }
+    }
 
 
 def _cors_policy(allowed_origins: Sequence[str]) -> dict[str, Any]:
@@ -358,6 +394,180 @@ def _cors_policy(allowed_origins: Sequence[str]) -> dict[str, Any]:
         "expose_headers": ", ".join(CORS_EXPOSE_HEADERS),
         "max_age": "86400",
     }
+
+
+_ORIGIN = re.compile(
+    r"^https?://(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$"
+)
+
+
+def parse_cors_origin(origin: str) -> str:
+    """An origin as browsers send it (`https://app.example.com:8443`), else ValueError.
+
+    No wildcards, paths or upper case: Envoy compares exactly, and a pattern that let a
+    stranger's page in would let it call the API with its visitor's credentials.
+    """
+    if not _ORIGIN.match(origin):
+        raise ValueError(
+            f"CORS origin {origin!r} is not an exact origin such as https://app.example.com "
+            "(scheme, lower-case host, optional port; no path, no wildcard)"
+        )
+    return origin
+
+
+def parse_cors_origins(text: str) -> tuple[str, ...]:
+    """The comma-separated origins of PODMESH_CORS_ALLOWED_ORIGINS; empty means none."""
+    return tuple(parse_cors_origin(part.strip()) for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class LocalError:
+    """How a JSON client sees an HTTP status Envoy answers itself."""
+
+    http_status: int
+    grpc_code: int
+    reason: str
+    # Else Envoy's own text, which says what was wrong with the request.
+    message: str | None = None
+
+
+# gRPC code numbers, as google.rpc.Status carries them.
+_INVALID_ARGUMENT, _DEADLINE_EXCEEDED, _NOT_FOUND = 3, 4, 5
+_RESOURCE_EXHAUSTED, _UNKNOWN, _UNAVAILABLE = 8, 2, 14
+
+
+def local_errors(max_request_body_bytes: int, max_request_headers_kb: int) -> list[LocalError]:
+    return [
+        # Malformed JSON, an unknown enum value or field, a bad timestamp, an unknown
+        # query parameter: the transcoder's text names the field.
+        LocalError(400, _INVALID_ARGUMENT, "INVALID_REQUEST"),
+        LocalError(404, _NOT_FOUND, "METHOD_NOT_FOUND"),
+        LocalError(408, _DEADLINE_EXCEEDED, "REQUEST_TIMEOUT"),
+        LocalError(
+            413,
+            _RESOURCE_EXHAUSTED,
+            "REQUEST_TOO_LARGE",
+            f"the request body is larger than {max_request_body_bytes} bytes",
+        ),
+        LocalError(429, _RESOURCE_EXHAUSTED, "RATE_LIMITED"),
+        LocalError(
+            431,
+            _RESOURCE_EXHAUSTED,
+            "REQUEST_HEADERS_TOO_LARGE",
+            f"the request line and headers are larger than {max_request_headers_kb} KiB",
+        ),
+        # Envoy's text for these names upstream hosts and socket errors.
+        LocalError(502, _UNAVAILABLE, "SERVICE_UNAVAILABLE", "the service failed; retry later"),
+        LocalError(
+            503, _UNAVAILABLE, "SERVICE_UNAVAILABLE", "the service is unavailable; retry later"
+        ),
+        LocalError(
+            504, _DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "the service did not answer in time"
+        ),
+    ]
+
+
+def _local_reply_config(max_request_body_bytes: int, max_request_headers_kb: int) -> dict[str, Any]:
+    """Errors Envoy answers itself, as the services' google.rpc.Status JSON for JSON clients.
+
+    gRPC and gRPC-Web clients keep Envoy's gRPC status: a JSON body would only end up in
+    their grpc-message. They are told apart by the content type the client sent, which
+    the early header mutation kept (see _remember_path_and_content_type).
+    """
+    grpc_client = {
+        "header_filter": {
+            "header": {
+                "name": ORIGINAL_CONTENT_TYPE_HEADER,
+                "string_match": {"prefix": "application/grpc"},
+            }
+        }
+    }
+    json_client = {
+        "header_filter": {
+            "header": {
+                "name": ORIGINAL_CONTENT_TYPE_HEADER,
+                "string_match": {"prefix": "application/grpc"},
+                "invert_match": True,
+                # A JSON client need not send a content type (a GET has no body).
+                "treat_missing_header_as_empty": True,
+            }
+        }
+    }
+
+    # A filter that answers with its own JSON body (a google.rpc.Status already) keeps it.
+    not_json_yet = {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": _TYPE + "extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": "!('content-type' in response.headers"
+                " && response.headers['content-type'].startsWith('application/json'))",
+            },
+        }
+    }
+
+    def status_is(op: str, status: int) -> dict[str, Any]:
+        return {
+            "status_code_filter": {
+                "comparison": {
+                    "op": op,
+                    "value": {
+                        "default_value": status,
+                        "runtime_key": f"podmesh.local_reply.{status}",
+                    },
+                }
+            }
+        }
+
+    def both(*filters: dict[str, Any]) -> dict[str, Any]:
+        return {"and_filter": {"filters": list(filters)}}
+
+    def json_status(error: LocalError | None) -> dict[str, Any]:
+        code = error.grpc_code if error else _UNKNOWN
+        reason = error.reason if error else "GATEWAY_ERROR"
+        message = (error.message if error else None) or "%LOCAL_REPLY_BODY%"
+        return {
+            "json_format": {
+                "code": code,
+                "message": message,
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": reason,
+                        "domain": "podmesh.dev",
+                    }
+                ],
+            }
+        }
+
+    mappers: list[dict[str, Any]] = [
+        # The buffer filter's 413 would reach gRPC clients as UNKNOWN; a message over the
+        # limit is RESOURCE_EXHAUSTED, as the services themselves answer it.
+        {
+            "filter": both(grpc_client, status_is("EQ", 413)),
+            "headers_to_add": [
+                {
+                    "header": {"key": "grpc-status", "value": str(_RESOURCE_EXHAUSTED)},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ],
+        },
+    ]
+    for error in local_errors(max_request_body_bytes, max_request_headers_kb):
+        mappers.append(
+            {
+                "filter": both(json_client, not_json_yet, status_is("EQ", error.http_status)),
+                "body_format_override": json_status(error),
+            }
+        )
+    # Anything else Envoy may answer (405, 426, 500, ...) keeps its status, still as JSON.
+    mappers.append(
+        {
+            "filter": both(json_client, not_json_yet, status_is("GE", 400)),
+            "body_format_override": json_status(None),
+        }
+    )
+    return {"mappers": mappers}
 
 
 def _transcoder(
@@ -471,10 +681,31 @@ def _remember_method() -> dict[str, Any]:
                         "header": {"key": ORIGINAL_METHOD_HEADER, "value": "%REQ(:METHOD)%"},
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                     }
-                }
+                },
+                *_remember_path_and_content_type(),
             ],
         },
     }
+
+
+def _remember_path_and_content_type() -> list[dict[str, Any]]:
+    # The REST path for the access log, which cannot read x-envoy-original-path once it
+    # is removed for the upstream. The content type for local replies: grpc_web and the
+    # transcoder rewrite it to application/grpc before Envoy answers a JSON client itself.
+    # Sent by a client under these names, they are overwritten; a client that sends no
+    # content type and forges this one only gets its own errors as plain text.
+    return [
+        {
+            "append": {
+                "header": {"key": key, "value": value},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        }
+        for key, value in (
+            (ORIGINAL_PATH_HEADER, f"%REQ(:PATH):{ORIGINAL_PATH_MAX_CHARS}%"),
+            (ORIGINAL_CONTENT_TYPE_HEADER, "%REQ(CONTENT-TYPE):64%"),
+        )
+    ]
 
 
 def _access_log(path: str) -> dict[str, Any]:
@@ -487,7 +718,7 @@ def _access_log(path: str) -> dict[str, Any]:
                 "json_format": {
                     "start_time": "%START_TIME%",
                     "method": f"%REQ({ORIGINAL_METHOD_HEADER}?:METHOD)%",
-                    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                    "path": f"%REQ({ORIGINAL_PATH_HEADER})%",
                     "grpc_path": "%REQ(:PATH)%",
                     "protocol": "%PROTOCOL%",
                     "response_code": "%RESPONSE_CODE%",
@@ -541,7 +772,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--descriptor-set", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="bootstrap file to write (JSON)")
-    parser.add_argument("--listen-host", default="0.0.0.0")
+    parser.add_argument(
+        "--listen-host",
+        default=DEFAULT_LISTEN_HOST,
+        help=f"address the gateway binds (default {DEFAULT_LISTEN_HOST}; 0.0.0.0 exposes it)",
+    )
     parser.add_argument("--listen-port", type=int, required=True)
     parser.add_argument("--admin-port", type=int, required=True, help="bound to 127.0.0.1")
     parser.add_argument(
@@ -559,7 +794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=None,
         metavar="ORIGIN",
-        help="allowed CORS origin; repeat for more (default: any)",
+        help="allowed CORS origin (exact, e.g. https://app.example.com); repeat for more "
+        "(default: none, so browsers get no CORS headers)",
     )
     args = parser.parse_args(argv)
 
@@ -575,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             upstreams=upstreams,
             reflection_upstream=args.reflection,
             access_log_path=args.access_log,
-            cors_allowed_origins=tuple(args.cors_origin or ("*",)),
+            cors_allowed_origins=tuple(args.cors_origin or ()),
         )
     except (OSError, ValueError) as error:
         parser.error(str(error))

@@ -22,6 +22,7 @@ from devstack.stack import ROOT, TEST_DIR_PREFIX, PortPlan, Stack, reap_stale_te
 RUN_ROOT = ROOT / ".run"
 # Everything this session starts lives here; removed at the end if all passed.
 SESSION_DIR = RUN_ROOT / f"{TEST_DIR_PREFIX}{os.getpid()}"
+TEST_CORS_ORIGIN = "https://app.podmesh.test"
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -74,6 +75,8 @@ async def stack(session_dir: Path) -> AsyncIterator[Stack]:
         run_dir,
         ports=PortPlan.free(),
         fast_postgres=True,
+        # One browser origin the gateway's CORS tests may call from; any other is refused.
+        env={**os.environ, "PODMESH_CORS_ALLOWED_ORIGINS": TEST_CORS_ORIGIN},
         # The catalog's feed tests serve feeds from 127.0.0.1, and one never answers.
         service_env_extra={
             "PODMESH_FEED_ALLOW_PRIVATE_ADDRESSES": "true",

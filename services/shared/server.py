@@ -27,6 +27,13 @@ from services.shared.telemetry import setup_logging, setup_tracing, start_metric
 
 log = logging.getLogger("podmesh.server")
 
+# Twice the gateway's header limit (DEFAULT_MAX_REQUEST_HEADERS_KB in
+# gateway/envoy_config.py): what Envoy lets through, plus the headers it adds, is never
+# refused here. grpc's default (8 KiB, then random refusals up to 16 KiB) refused large
+# headers Envoy had accepted, and JSON clients got a 429 listing their headers. Soft and
+# hard limits are equal: no random refusals.
+GRPC_MAX_METADATA_BYTES = 64 * 1024
+
 
 @dataclass
 class Resources:
@@ -113,6 +120,8 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.max_metadata_size", GRPC_MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", GRPC_MAX_METADATA_BYTES),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )

@@ -194,15 +194,31 @@ def test_filters_are_in_order(descriptor_set: Path) -> None:
     ]
 
 
-def test_request_bodies_are_capped_only_on_the_rest_route(descriptor_set: Path) -> None:
-    config = render(descriptor_set)
+def test_request_bodies_are_capped_on_rest_and_unary_grpc_routes_only(
+    probe_descriptor_set: Path,
+) -> None:
+    config = render(probe_descriptor_set)
     (buffer,) = [
         f for f in connection_manager(config)["http_filters"] if f["name"] == BUFFER_FILTER
     ]
     assert buffer["disabled"] is True
     routes = connection_manager(config)["route_config"]["virtual_hosts"][0]["routes"]
-    enabled = [r["name"] for r in routes if BUFFER_FILTER in r.get("typed_per_filter_config", {})]
-    assert enabled == ["rest"]
+    limits = {
+        r["name"]: r["typed_per_filter_config"][BUFFER_FILTER]["config"]["buffer"][
+            "max_request_bytes"
+        ]
+        for r in routes
+        if BUFFER_FILTER in r.get("typed_per_filter_config", {})
+    }
+    assert limits.pop("rest") == envoy_config.DEFAULT_MAX_REQUEST_BODY_BYTES
+    unary = {
+        service.path(method)
+        for service in podmesh_services(load_descriptor_set(probe_descriptor_set))
+        for method in service.methods
+        if not method.streaming
+    }
+    assert set(limits) == unary
+    assert set(limits.values()) == {envoy_config.DEFAULT_MAX_GRPC_UNARY_REQUEST_BYTES}
 
 
 @pytest.mark.parametrize("which", ["real", "probe"])
@@ -473,6 +489,7 @@ def gateway(
             upstreams={service.backend: [upstream] for service in services},
             reflection_upstream=upstream,
             access_log_path=str(workdir / "access.log"),
+            cors_allowed_origins=(ORIGIN,),
         )
         config_path = workdir / "envoy.json"
         config_path.write_text(json.dumps(config))
