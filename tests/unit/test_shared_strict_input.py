@@ -4,17 +4,27 @@ deserializer, bounded error details, request ids, page tokens and time zones."""
 from __future__ import annotations
 
 import base64
+import importlib
 import re
 import uuid
 from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import descriptor_pool, struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 from podmesh.analytics.v1 import analytics_pb2
 from podmesh.tenant.v1 import tenant_pb2
 
+from services.analytics.counting import IpExclusions, IpHasher
+from services.analytics.ingest_records import (
+    TEXT_FIELDS,
+    CheckedBatch,
+    Episode,
+    check_batch,
+    episode_references,
+)
 from services.shared.auth import Principal, PrincipalType
 from services.shared.context import principal_var
 from services.shared.errors import (
@@ -27,13 +37,16 @@ from services.shared.errors import (
 )
 from services.shared.inputs import (
     DEFAULT_MAX_REQUEST_BYTES,
+    MIB,
     InputRule,
     accept,
     guarded_deserializer,
+    receive_limit,
     text_and_enum_violations,
 )
 from services.shared.interceptors import request_id
 from services.shared.pagination import MAX_TOKEN_CHARS, PageTokens
+from services.shared.server import ServiceDefinition
 from services.shared.timezones import is_time_zone, time_zone
 
 
@@ -246,3 +259,88 @@ def test_iana_zones_are_accepted(name: str) -> None:
     zone = time_zone(name)
     assert zone is not None
     assert zone.key == name
+
+
+# --- the declared rules ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tenant", "catalog", "analytics"])
+def test_input_rules_name_declared_methods_and_real_fields(name: str) -> None:
+    service: ServiceDefinition = importlib.import_module(f"services.{name}.server").DEFINITION
+    inputs = service.inputs(service.settings_type())
+
+    assert set(inputs) <= set(service.rules)
+    pool = descriptor_pool.Default()
+    for method, rule in inputs.items():
+        service_name, method_name = method.strip("/").split("/")
+        request = pool.FindServiceByName(service_name).methods_by_name[method_name].input_type
+        assert rule.unchecked_fields <= set(request.fields_by_name), method
+        assert rule.max_bytes >= DEFAULT_MAX_REQUEST_BYTES
+
+
+def test_ingestion_leaves_its_records_to_the_per_record_checks() -> None:
+    service: ServiceDefinition = importlib.import_module("services.analytics.server").DEFINITION
+    inputs = service.inputs(service.settings_type())
+
+    for method in ("StreamListenerEvents", "IngestListenerEvents"):
+        rule = inputs[f"/podmesh.analytics.v1.AnalyticsService/{method}"]
+        assert rule.unchecked_fields == {"requests"}
+        assert rule.max_bytes > 4 * 1024 * 1024
+
+
+def test_the_receive_limit_is_the_largest_method_limit_and_a_margin() -> None:
+    rules = {"/a/B": InputRule(max_bytes=5 * MIB), "/a/C": InputRule()}
+
+    assert receive_limit(rules) == 6 * MIB
+    assert receive_limit({}) == DEFAULT_MAX_REQUEST_BYTES + MIB
+
+
+# --- ingestion records --------------------------------------------------------------------
+
+
+TENANT = uuid.uuid4()
+EPISODE = Episode(str(uuid.uuid4()), str(uuid.uuid4()))
+NOW_US = 1_800_000_000_000_000
+
+
+def listener_request(**fields: str) -> analytics_pb2.ListenerRequest:
+    values: dict[str, object] = {
+        "id": f"r-{uuid.uuid4().hex[:8]}",
+        "request_time": Timestamp(seconds=NOW_US // 1_000_000 - 3600),
+        "episode_id": EPISODE.episode_id,
+        "client_ip": "192.0.2.10",
+        "user_agent": "Overcast/3.0",
+        "http_method": "GET",
+        "status_code": 206,
+        "range": "bytes=0-",
+        "bytes_served": 2_000_000,
+    }
+    values.update(fields)
+    return analytics_pb2.ListenerRequest(**values)  # type: ignore[arg-type]
+
+
+async def check(records: list[analytics_pb2.ListenerRequest]) -> CheckedBatch:
+    return await check_batch(
+        records,
+        tenant_id=TENANT,
+        by_id={EPISODE.episode_id: EPISODE},
+        by_url={},
+        hasher=IpHasher(b"test-platform-secret-0123456789", TENANT),
+        exclusions=IpExclusions(),
+        now_us=NOW_US,
+        oldest_us=NOW_US - 86_400_000_000,
+    )
+
+
+@pytest.mark.parametrize("field", TEXT_FIELDS)
+async def test_a_record_with_nul_in_any_text_field_is_rejected_alone(field: str) -> None:
+    poisoned = listener_request(**{field: "a\0b"})
+    batch = await check([listener_request(), poisoned, listener_request()])
+
+    assert [(r.index, r.reason) for r in batch.rejections] == [
+        (1, analytics_pb2.REJECTION_REASON_INVALID_TEXT)
+    ]
+    assert field in batch.rejections[0].message
+    assert batch.rejections[0].request_id == ("" if field == "id" else poisoned.id)
+    assert len(batch.rows) == 2
+    assert episode_references([poisoned]) == (set(), set())
