@@ -145,7 +145,7 @@ class _Check:
 
 # Per message type, the fields that can hold text or enums, directly or below; empty
 # for types that cannot, whose messages are then not walked at all.
-_plans: dict[Descriptor, dict[str, _Check]] = {}
+_plans: dict[Descriptor, tuple[tuple[str, _Check], ...]] = {}
 _holds: dict[Descriptor, bool] = {}
 
 
@@ -190,16 +190,16 @@ def _check_of(field: FieldDescriptor, repeated: bool) -> _Check | None:
     return None
 
 
-def _plan(descriptor: Descriptor) -> dict[str, _Check]:
+def _plan(descriptor: Descriptor) -> tuple[tuple[str, _Check], ...]:
     plan = _plans.get(descriptor)
     if plan is None:
-        plan = {}
+        checks: list[tuple[str, _Check]] = []
         if _holds_checkable(descriptor):
             for field in descriptor.fields:
                 check = _check_of(field, field.is_repeated)
                 if check is not None:
-                    plan[field.name] = check
-        _plans[descriptor] = plan
+                    checks.append((field.name, check))
+        plan = _plans[descriptor] = tuple(checks)
     return plan
 
 
@@ -215,22 +215,35 @@ def text_and_enum_violations(
     return out
 
 
+# Reads only the planned fields (ListFields would build every set field, durations and
+# timestamps included), tests whole repeated fields at once, and builds a path only for
+# a violation: the walk is on the path of every request.
 def _walk(message: Message, prefix: str, skip: frozenset[str], out: list[FieldViolation]) -> None:
-    plan = _plan(cast(Descriptor, message.DESCRIPTOR))
-    if not plan:
-        return
-    for field, value in message.ListFields():
-        check = plan.get(field.name)
-        if check is None or field.name in skip:
+    for name, check in _plan(cast(Descriptor, message.DESCRIPTOR)):
+        if name in skip:
             continue
-        path = prefix + field.name
+        if check.type == _MESSAGE and not check.repeated:
+            if message.HasField(name):
+                _one(getattr(message, name), prefix + name, check, out)
+            continue
+        value = getattr(message, name)
+        if not value:
+            continue
         if check.key is not None or check.value is not None:
-            _map(value, path, check, out)
-        elif check.repeated:
-            for index, item in enumerate(value):
-                _one(item, f"{path}[{index}]", check, out)
+            _map(value, prefix + name, check, out)
+        elif not check.repeated:
+            _one(value, prefix + name, check, out)
+        elif check.type == _STRING:
+            if "\0" in "".join(value):
+                for index, item in enumerate(value):
+                    _one(item, f"{prefix}{name}[{index}]", check, out)
+        elif check.type == _ENUM:
+            if not check.enum_numbers.issuperset(value):
+                for index, item in enumerate(value):
+                    _one(item, f"{prefix}{name}[{index}]", check, out)
         else:
-            _one(value, path, check, out)
+            for index, item in enumerate(value):
+                _walk(item, f"{prefix}{name}[{index}].", frozenset(), out)
 
 
 def _map(entries: Any, path: str, check: _Check, out: list[FieldViolation]) -> None:
