@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
+import asyncpg
 import grpc
 import httpx
 import pytest
@@ -447,3 +448,26 @@ async def test_a_real_zone_is_still_accepted(tenants: TenantStub, tenant: Tenant
         metadata=bearer(tenant.owner_key),
     )
     assert updated.tenant.settings.time_zone == "Europe/Berlin"
+
+
+async def test_a_zone_saved_before_it_was_refused_reads_as_utc(
+    analytics: analytics_pb2_grpc.AnalyticsServiceAsyncStub,
+    tenant: TenantHandle,
+    owner_conn: asyncpg.Connection,
+) -> None:
+    # As a tenant could have saved it before: analytics must not fail its reports.
+    await owner_conn.execute(
+        "UPDATE tenants SET time_zone = 'localtime', counting_window = 2 WHERE tenant_id = $1",
+        uuid.UUID(tenant.id),
+    )
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start, stop = Timestamp(), Timestamp()
+    start.FromDatetime(end - timedelta(days=2))
+    stop.FromDatetime(end)
+
+    report = await analytics.QueryMetrics(
+        analytics_pb2.QueryMetricsRequest(start_time=start, end_time=stop),
+        metadata=bearer(tenant.owner_key),
+    )
+
+    assert report.methodology.counting_time_zone == "UTC"
