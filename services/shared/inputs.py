@@ -7,11 +7,13 @@ parsed message for text PostgreSQL cannot store (NUL) and enum numbers the contr
 does not declare. Each failure is INVALID_ARGUMENT with a reason, never UNKNOWN or
 INTERNAL.
 
-Size limits answer INVALID_ARGUMENT, not RESOURCE_EXHAUSTED: the request is wrong
-whatever the state of the system, and RESOURCE_EXHAUSTED (HTTP 429) tells clients to
-retry later, which never helps here. The service's limits, not these, are what the
-existing domain checks answer for requests just over a documented size (4 MiB
-batches, feed documents), so each method's limit leaves room above those.
+Size limits answer INVALID_ARGUMENT (REQUEST_TOO_LARGE), not RESOURCE_EXHAUSTED: the
+request is wrong whatever the state of the system, as google.rpc.Code defines
+INVALID_ARGUMENT, while RESOURCE_EXHAUSTED (HTTP 429) tells clients to retry later,
+which never helps; the domain's own size errors (BATCH_TOO_LARGE, FEED_TOO_LARGE) are
+INVALID_ARGUMENT too. Methods with a documented size (4 MiB batches, feed documents)
+get a limit with room above it, so requests just over still get the domain's answer.
+Only past the server's receive limit does gRPC itself answer RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
