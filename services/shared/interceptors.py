@@ -68,12 +68,12 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         service: str,
         rules: Mapping[str, MethodRule],
         verifier: CredentialVerifier,
-        inputs: InputRules | None = None,
+        inputs: InputRules,
     ) -> None:
         self._service = service
         self._rules = rules
         self._verifier = verifier
-        self._inputs = inputs or {}
+        self._inputs = inputs
         # Wrapped once per method: the servicer's handlers never change.
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
