@@ -8,10 +8,9 @@ rows by bucket without knowing any time-zone rule.
 from __future__ import annotations
 
 import enum
-import functools
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo
 
 UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu"})
 HOUR = timedelta(hours=1)
@@ -26,22 +25,6 @@ class Granularity(enum.IntEnum):
     WEEK = 3
     MONTH = 4
     TOTAL = 5
-
-
-@functools.cache
-def _zone_names() -> frozenset[str]:
-    return frozenset(available_timezones())
-
-
-@functools.cache
-def time_zone(name: str) -> ZoneInfo | None:
-    """The zone of an IANA name, None when there is no such zone."""
-    if name not in _zone_names():
-        return None
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
 
 
 def day_start(day: date, zone: ZoneInfo) -> datetime:

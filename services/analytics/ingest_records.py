@@ -10,6 +10,7 @@ household ids and the answer to the tenant's IP exclusions, and goes no further.
 from __future__ import annotations
 
 import asyncio
+import operator
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -56,6 +57,21 @@ Reason = pb.RejectionReason
 RawRow = tuple[
     uuid.UUID, datetime, str, int, int, bool, str, bytes, bytes, str, str, str, str, str, str
 ]
+
+# Every text field of a record, read once: a NUL in any of them rejects the record.
+TEXT_FIELDS = (
+    "id",
+    "episode_id",
+    "media_url",
+    "client_ip",
+    "user_agent",
+    "referer",
+    "http_method",
+    "range",
+    "country_code",
+    "region_code",
+)
+_texts = operator.attrgetter(*TEXT_FIELDS)
 
 # RFC 9110 section 5.6.2: a method is a token.
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
@@ -116,6 +132,8 @@ def episode_references(records: Iterable[pb.ListenerRequest]) -> tuple[set[str],
     given: set[str] = set()
     urls: set[str] = set()
     for record in records:
+        if "\0" in "".join(_texts(record)):
+            continue
         which = record.WhichOneof("episode")
         if which == "episode_id":
             given.add(record.episode_id)
@@ -164,9 +182,28 @@ async def check_batch(
     for index, record in enumerate(records):
         if index % YIELD_EVERY == YIELD_EVERY - 1:
             await asyncio.sleep(0)
-        request_id = record.id
+        texts = _texts(record)
+        (
+            request_id,
+            episode_id,
+            media_url,
+            client_ip,
+            user_agent,
+            referer,
+            method,
+            range_header,
+            country_code,
+            region_code,
+        ) = texts
         problem: tuple[Reason, str] | None = None
-        if not request_id or len(request_id) > MAX_REQUEST_ID_LENGTH:
+        if "\0" in "".join(texts):
+            poisoned = next(
+                name for name, text in zip(TEXT_FIELDS, texts, strict=True) if "\0" in text
+            )
+            # The id goes back only when it is not what holds the NUL.
+            request_id = "" if poisoned == "id" else request_id
+            problem = (pb.REJECTION_REASON_INVALID_TEXT, f"{poisoned} contains a NUL character")
+        elif not request_id or len(request_id) > MAX_REQUEST_ID_LENGTH:
             problem = (
                 pb.REJECTION_REASON_INVALID_ID,
                 f"id must be 1 to {MAX_REQUEST_ID_LENGTH} characters",
@@ -203,7 +240,7 @@ async def check_batch(
         which = record.WhichOneof("episode")
         episode: Episode | None = None
         if which == "episode_id":
-            given = record.episode_id
+            given = episode_id
             if given not in id_memo:
                 id_memo[given] = canonical_uuid(given)
             canonical = id_memo[given]
@@ -215,7 +252,7 @@ async def check_batch(
                     f"no episode has the id {given[:64]!r}",
                 )
         elif which == "media_url":
-            url = record.media_url
+            url = media_url
             if not url:
                 problem = (pb.REJECTION_REASON_MISSING_EPISODE, "media_url is empty")
             elif len(url) > MAX_TEXT_LENGTH:
@@ -235,11 +272,7 @@ async def check_batch(
             continue
         assert episode is not None
 
-        user_agent = record.user_agent
-        referer = record.referer
-        method = record.http_method
         status = record.status_code
-        range_header = record.range
         bytes_served = record.bytes_served
         if len(user_agent) > MAX_TEXT_LENGTH or len(referer) > MAX_TEXT_LENGTH:
             problem = (
@@ -266,7 +299,7 @@ async def check_batch(
                 pb.REJECTION_REASON_INVALID_BYTES_SERVED,
                 "bytes_served must not be negative",
             )
-        location_key = (record.country_code, record.region_code)
+        location_key = (country_code, region_code)
         location = location_memo.get(location_key)
         if location is None:
             location = location_memo[location_key] = _location(*location_key)
@@ -275,7 +308,6 @@ async def check_batch(
         if problem is not None:
             rejections.append(Rejected(index, request_id, *problem))
             continue
-        client_ip = record.client_ip
         key = (client_ip, user_agent)
         ids = ids_memo.get(key)
         if ids is None:

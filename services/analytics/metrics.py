@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from services.analytics import insights
 from services.analytics import metrics_repository as repo
-from services.analytics.buckets import DAY, day_start, local_date, time_zone
+from services.analytics.buckets import DAY, day_start, local_date
 from services.analytics.metrics_repository import ReleaseSpan
 from services.analytics.peers import CatalogReleases, ClockSource, Metadata
 from services.analytics.reports import (
@@ -41,6 +41,7 @@ from services.analytics.reports import (
 from services.shared.db import Database
 from services.shared.errors import FailedPrecondition
 from services.shared.pagination import PageTokens
+from services.shared.timezones import time_zone
 from services.shared.validation import Violations, page_size
 
 DEFAULT_RELEASE_DAYS = (1, 7, 30)

@@ -23,6 +23,7 @@ from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 from services.analytics.counting.windows import CountingWindow
 from services.analytics.reports import TenantClock
 from services.shared.peers import forwarded, peer_error
+from services.shared.timezones import is_time_zone
 from services.tenant.domain import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
 
 log = logging.getLogger("podmesh.analytics.peers")
@@ -56,8 +57,11 @@ class TenantProfile:
 
 def _profile(tenant: tenant_pb2.Tenant) -> TenantProfile:
     window = tenant.settings.counting_window
+    zone = tenant.settings.time_zone
     return TenantProfile(
-        time_zone=tenant.settings.time_zone or "UTC",
+        # Names refused since ('localtime', 'Factory') may have been saved before: they
+        # read as UTC rather than failing every report of the tenant.
+        time_zone=zone if is_time_zone(zone) else "UTC",
         counting_window=CountingWindow(window) if window else CountingWindow.UTC_DAY,
         monthly_events=tenant.quota.monthly_events or DEFAULT_MONTHLY_EVENTS,
         requests_per_second=tenant.quota.api_key_requests_per_second or DEFAULT_API_KEY_RPS,

@@ -1,8 +1,11 @@
-"""What each analytics RPC requires of its caller."""
+"""What each analytics RPC requires of its caller, and of its requests."""
 
 from __future__ import annotations
 
+from services.analytics.ingest import MAX_BATCH_BYTES
 from services.shared.auth import MethodRule, Permission
+from services.shared.config import Settings
+from services.shared.inputs import KIB, MIB, InputRule, InputRules
 
 SERVICE = "podmesh.analytics.v1.AnalyticsService"
 
@@ -22,3 +25,23 @@ _BY_METHOD: dict[str, MethodRule] = {
     "UpdateCountingSettings": Permission.ANALYTICS_ADMIN,
 }
 RULES = {f"/{SERVICE}/{method}": rule for method, rule in _BY_METHOD.items()}
+
+# Ingestion refuses batches over 4 MiB itself (BATCH_TOO_LARGE, after the batches of a
+# stream before it); the margin keeps that answer for batches just over. Records are
+# checked one by one (services.analytics.ingest_records): a record with a NUL is
+# rejected alone, so the shared walk leaves them out.
+_BATCH = InputRule(max_bytes=MAX_BATCH_BYTES + MIB, unchecked_fields=frozenset({"requests"}))
+# 500 episode ids and up to 300 filter values of 100 characters.
+_REPORT = InputRule(max_bytes=256 * KIB)
+_INPUTS_BY_METHOD: dict[str, InputRule] = {
+    "StreamListenerEvents": _BATCH,
+    "IngestListenerEvents": _BATCH,
+    "QueryMetrics": _REPORT,
+    "ExportMetrics": _REPORT,
+    # 1,000 IP ranges and 200 user agent substrings of 200 characters.
+    "UpdateCountingSettings": InputRule(max_bytes=256 * KIB),
+}
+
+
+def inputs(settings: Settings) -> InputRules:
+    return {f"/{SERVICE}/{method}": rule for method, rule in _INPUTS_BY_METHOD.items()}

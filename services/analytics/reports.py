@@ -28,9 +28,9 @@ from services.analytics.buckets import (
     day_start,
     local_date,
     make_buckets,
-    time_zone,
 )
 from services.analytics.counting.windows import CountingWindow
+from services.shared.timezones import time_zone
 from services.shared.validation import Violations
 
 GUIDELINE = "IAB Tech Lab Podcast Measurement Technical Guidelines v2.2"

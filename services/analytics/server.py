@@ -12,7 +12,7 @@ from services.analytics.counting_settings import CountingSettingsStore
 from services.analytics.ingest import IngestSettings, build_ingestion
 from services.analytics.metrics import MetricsReader
 from services.analytics.peers import CatalogReleases, TenantProfiles
-from services.analytics.permissions import RULES, SERVICE
+from services.analytics.permissions import RULES, SERVICE, inputs
 from services.analytics.report_cache import ReportCache
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.watch import LiveWatcher
@@ -60,4 +60,5 @@ DEFINITION = ServiceDefinition(
     rules=RULES,
     register=register,
     settings_type=AnalyticsSettings,
+    inputs=inputs,
 )

@@ -21,11 +21,12 @@ from redis.asyncio.client import PubSub
 
 from services.analytics import live
 from services.analytics import metrics_repository as repo
-from services.analytics.buckets import day_start, time_zone
+from services.analytics.buckets import day_start
 from services.analytics.peers import ClockSource
 from services.analytics.reports import TenantClock, listeners_estimate
 from services.shared.db import Database
 from services.shared.errors import InvalidArgument
+from services.shared.timezones import time_zone
 
 
 @dataclass(frozen=True)

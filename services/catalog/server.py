@@ -8,7 +8,7 @@ from podmesh.catalog.v1 import catalog_pb2_grpc
 from services.catalog.catalog import Catalog
 from services.catalog.config import CatalogSettings
 from services.catalog.fetch import Fetcher, any_address, is_public
-from services.catalog.permissions import RULES, SERVICE
+from services.catalog.permissions import RULES, SERVICE, inputs
 from services.catalog.servicer import CatalogServicer
 from services.shared.server import Resources, ServiceDefinition
 
@@ -31,4 +31,5 @@ DEFINITION = ServiceDefinition(
     rules=RULES,
     register=register,
     settings_type=CatalogSettings,
+    inputs=inputs,
 )

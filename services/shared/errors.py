@@ -12,6 +12,15 @@ from grpc_status import rpc_status
 
 ERROR_DOMAIN = "podmesh.dev"
 
+# Details travel in HTTP/2 trailers, which Envoy refuses past its header limits (the
+# client then sees 502 instead of the error): a status stays within a few KB whatever
+# the request held. Violations beyond the first few add nothing a client acts on.
+MAX_VIOLATIONS_SHOWN = 20
+MAX_MESSAGE_CHARS = 1024
+MAX_FIELD_CHARS = 200
+MAX_DESCRIPTION_CHARS = 300
+MAX_METADATA_CHARS = 256
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -49,14 +58,19 @@ class InvalidArgument(DomainError):
         message: str | None = None,
         *,
         reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self.violations = list(violations)
-        fields = ", ".join(v.field for v in self.violations)
-        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        shown = self.violations[:MAX_VIOLATIONS_SHOWN]
+        more = len(self.violations) - len(shown)
+        fields = ", ".join(v.field for v in shown) + (f" and {more} more" if more else "")
+        summary = "; ".join(f"{v.field}: {v.description}" for v in shown)
+        if more:
+            summary += f"; and {more} more"
         super().__init__(
             message or f"invalid request: {summary}",
             reason=reason,
-            metadata={"fields": fields} if fields else None,
+            metadata={**({"fields": fields} if shown else {}), **(metadata or {})},
         )
 
     @classmethod
@@ -122,29 +136,51 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _shown_violations(
+    violations: list[FieldViolation],
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """The first violations, then one (for the request as a whole) counting the rest."""
+    shown = [
+        error_details_pb2.BadRequest.FieldViolation(
+            field=_cap(v.field, MAX_FIELD_CHARS),
+            description=_cap(v.description, MAX_DESCRIPTION_CHARS),
+            reason=v.reason,
+        )
+        for v in violations[:MAX_VIOLATIONS_SHOWN]
+    ]
+    more = len(violations) - len(shown)
+    if more:
+        shown.append(
+            error_details_pb2.BadRequest.FieldViolation(
+                field="",
+                description=f"{more} more violations not shown",
+                reason="MORE_VIOLATIONS",
+            )
+        )
+    return shown
+
+
 def to_status(error: DomainError) -> grpc.Status:
     """The only place a domain error becomes a gRPC status."""
+    metadata = {key: _cap(value, MAX_METADATA_CHARS) for key, value in error.metadata.items()}
     details = [
         _pack(
-            error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-            )
+            error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
         )
     ]
     if isinstance(error, InvalidArgument) and error.violations:
         details.append(
             _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description, reason=v.reason
-                        )
-                        for v in error.violations
-                    ]
-                )
+                error_details_pb2.BadRequest(field_violations=_shown_violations(error.violations))
             )
         )
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    status = status_pb2.Status(
+        code=error.code.value[0], message=_cap(error.message, MAX_MESSAGE_CHARS), details=details
+    )
     return rpc_status.to_status(status)
 
 

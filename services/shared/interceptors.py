@@ -1,11 +1,13 @@
 """One server interceptor for every service: request id, authentication,
-authorisation from the declared permission table, error mapping, metrics, logs."""
+authorisation from the declared permission table, strict input (services.shared.inputs),
+error mapping, metrics, logs."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,6 +32,14 @@ from services.shared.errors import (
     internal_status,
     to_status,
 )
+from services.shared.inputs import (
+    DEFAULT_RULE,
+    InputRule,
+    InputRules,
+    accept,
+    accept_stream,
+    guarded_deserializer,
+)
 from services.shared.telemetry import RPC_LATENCY, RPC_REQUESTS
 
 log = logging.getLogger("podmesh.rpc")
@@ -40,6 +50,16 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 # Served by every process without credentials: load balancers and operators need them.
 _INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# A client's x-request-id is kept (it ties our logs and audit records to theirs) only
+# when it looks like an id; anything else would be stored verbatim.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(supplied: str | None) -> str:
+    """The client's request id when it has a safe shape, else a new one."""
+    if supplied and _REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return uuid.uuid4().hex
 
 
 class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -48,10 +68,12 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         service: str,
         rules: Mapping[str, MethodRule],
         verifier: CredentialVerifier,
+        inputs: InputRules,
     ) -> None:
         self._service = service
         self._rules = rules
         self._verifier = verifier
+        self._inputs = inputs
         # Wrapped once per method: the servicer's handlers never change.
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
@@ -67,14 +89,20 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap(handler, functools.partial(self._enter, method), self, method)
+        wrapped = _wrap(
+            handler,
+            functools.partial(self._enter, method),
+            self,
+            method,
+            self._inputs.get(method, DEFAULT_RULE),
+        )
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     async def _enter(self, method: str, context: Context) -> None:
         # grpc.aio runs every RPC in its own task, so these settings end with it.
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        request_id_var.set(metadata.get("x-request-id") or uuid.uuid4().hex)
+        request_id_var.set(request_id(metadata.get("x-request-id")))
         method_var.set(method)
         rule = self._rules.get(method)
         if rule is None:
@@ -138,8 +166,15 @@ def _wrap(
     enter: Enter,
     interceptor: RequestInterceptor,
     method: str,
+    rule: InputRule,
 ) -> Handler:
-    """The same handler, run inside the request scope with errors mapped."""
+    """The same handler, run inside the request scope with errors mapped and its
+    input checked: requests arrive parsed by a guarded deserializer, then accepted."""
+
+    def checked(request_or_iterator: Any) -> Any:
+        if handler.request_streaming:
+            return accept_stream(request_or_iterator, rule)
+        return accept(request_or_iterator, rule)
 
     async def unary(request_or_iterator: Any, context: Context) -> Any:
         started = time.perf_counter()
@@ -147,7 +182,7 @@ def _wrap(
         try:
             await enter(context)
             behaviour: Any = handler.unary_unary or handler.stream_unary
-            return await behaviour(request_or_iterator, context)
+            return await behaviour(checked(request_or_iterator), context)
         except aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
             raise
@@ -169,7 +204,7 @@ def _wrap(
         try:
             await enter(context)
             behaviour: Any = handler.unary_stream or handler.stream_stream
-            async for response in behaviour(request_or_iterator, context):
+            async for response in behaviour(checked(request_or_iterator), context):
                 yield response
         except aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -186,7 +221,7 @@ def _wrap(
         finally:
             interceptor.record(method, code, started, principal_var.get())
 
-    deserializer = handler.request_deserializer
+    deserializer = guarded_deserializer(handler.request_deserializer, rule.max_bytes)
     serializer = handler.response_serializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(cast(Any, unary), deserializer, serializer)

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from services.shared.auth import ApiKeyVerifier, CredentialVerifier, JwtCodec, MethodRule
 from services.shared.config import Settings
 from services.shared.db import Database
+from services.shared.inputs import InputRules, receive_limit
 from services.shared.interceptors import RequestInterceptor
 from services.shared.introspection import RemoteApiKeyVerifier
 from services.shared.pagination import PageTokens
@@ -56,6 +57,13 @@ class Resources:
 
 Register = Callable[[aio.Server, Resources], Awaitable[None]]
 VerifierFactory = Callable[[Resources], ApiKeyVerifier]
+# Per method, what its requests may be beyond services.shared.inputs' defaults; from the
+# settings, since some limits are configurable.
+InputRulesFactory = Callable[[Settings], InputRules]
+
+
+def default_inputs(settings: Settings) -> InputRules:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class ServiceDefinition:
     api_key_verifier: VerifierFactory | None = None
     # A service with settings of its own subclasses Settings.
     settings_type: type[Settings] = Settings
+    inputs: InputRulesFactory = default_inputs
 
 
 def create_redis(url: str) -> aioredis.Redis:
@@ -114,11 +123,14 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
             interceptors.append(aio_server_interceptor())  # type: ignore[no-untyped-call]
-        interceptors.append(RequestInterceptor(definition.name, definition.rules, verifier))
+        inputs = definition.inputs(settings)
+        interceptors.append(RequestInterceptor(definition.name, definition.rules, verifier, inputs))
         server = aio.server(
             interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                # Past this gRPC itself refuses (RESOURCE_EXHAUSTED) before any of our
+                # code runs; below it each method's own limit applies.
+                ("grpc.max_receive_message_length", receive_limit(inputs)),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.max_metadata_size", GRPC_MAX_METADATA_BYTES),
                 ("grpc.absolute_max_metadata_size", GRPC_MAX_METADATA_BYTES),

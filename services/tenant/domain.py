@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from services.shared.auth import (
     ROLE_PERMISSIONS,
@@ -19,6 +18,7 @@ from services.shared.auth import (
     Scope,
 )
 from services.shared.errors import FailedPrecondition, NotFound, PermissionDenied
+from services.shared.timezones import is_time_zone
 from services.shared.validation import Violations, is_email
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
@@ -137,22 +137,6 @@ def utcnow() -> datetime:
 
 def normalise_email(email: str) -> str:
     return email.strip().lower()
-
-
-_TIME_ZONES: frozenset[str] | None = None
-
-
-def is_time_zone(name: str) -> bool:
-    global _TIME_ZONES
-    if _TIME_ZONES is None:
-        _TIME_ZONES = frozenset(available_timezones())
-    if name not in _TIME_ZONES:
-        return False
-    try:
-        ZoneInfo(name)
-    except ZoneInfoNotFoundError:
-        return False
-    return True
 
 
 def check_display_name(v: Violations, value: str, field_name: str, *, required: bool) -> None:

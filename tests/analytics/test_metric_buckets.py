@@ -7,7 +7,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.analytics.buckets import Granularity, day_start, make_buckets, time_zone
+from services.analytics.buckets import Granularity, day_start, make_buckets
+from services.shared.timezones import time_zone
 
 
 def zone(name: str) -> ZoneInfo:

@@ -17,6 +17,7 @@ BENCHMARKS = (
     "tests.bench.catalog",
     "tests.bench.analytics_ingest",
     "tests.bench.analytics_queries",
+    "tests.bench.strict_input",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
