@@ -28,9 +28,22 @@ local MAX_REPORTED_PATH = 128
 
 local MESSAGES, BINDINGS = SCHEMA.messages, SCHEMA.bindings
 local O_BRACE, C_BRACE, O_BRACKET, C_BRACKET = 123, 125, 91, 93
-local QUOTE, APOSTROPHE, COMMA, COLON = 34, 39, 44, 58
-local STRING_STOPS = { [QUOTE] = '["\\]', [APOSTROPHE] = "['\\]" }
+local QUOTE, APOSTROPHE, COMMA, COLON, BACKSLASH = 34, 39, 44, 58, 92
 local SIMPLE_ESCAPES = { b = "\b", f = "\f", n = "\n", r = "\r", t = "\t" }
+
+-- Byte loops and plain finds only: LuaJIT compiles them, not pattern matching.
+local function byte_set(ranges)
+  local set = {}
+  for k = 1, #ranges, 2 do
+    for c = byte(ranges, k), byte(ranges, k + 1) do
+      set[c] = true
+    end
+  end
+  return set
+end
+-- What numbers and true/false/null are made of; the transcoder checks the rest.
+local SCALAR_BYTES = byte_set("09azAZ..++--")
+local WORD_START, WORD_BYTES = byte_set("azAZ__$$"), byte_set("azAZ09__$$")
 
 -- The field path of the value being scanned: field names, array indexes and map keys.
 -- Module state is safe: a scan never yields, so requests on one worker cannot interleave.
@@ -44,24 +57,34 @@ local function malformed(at)
   fail("MALFORMED_JSON", at)
 end
 
+-- The transcoder also takes \v and \f for white space.
 local function skip_ws(s, i)
-  return find(s, "[^ \t\n\r\v\f]", i) or #s + 1
+  local c = byte(s, i)
+  while c == 32 or c == 10 or c == 13 or c == 9 or c == 11 or c == 12 do
+    i = i + 1
+    c = byte(s, i)
+  end
+  return i
 end
 
 -- s:byte(i) is a quote or an apostrophe; returns the index after the closing one.
 local function skip_string(s, i)
-  local quote = byte(s, i)
-  local stops = STRING_STOPS[quote]
-  i = i + 1
+  local quote = byte(s, i) == QUOTE and '"' or "'"
+  local j = i + 1
   while true do
-    local j = find(s, stops, i)
+    j = find(s, quote, j, true)
     if j == nil then
       malformed(i)
     end
-    if byte(s, j) == quote then
+    -- Escaped only by an odd number of backslashes.
+    local k = j - 1
+    while k > i and byte(s, k) == BACKSLASH do
+      k = k - 1
+    end
+    if (j - 1 - k) % 2 == 0 then
       return j + 1
     end
-    i = j + 2
+    j = j + 1
   end
 end
 
@@ -129,11 +152,14 @@ local function read_key(s, i)
     end
     return key, after
   end
-  local _, last = find(s, "^[A-Za-z_$][A-Za-z0-9_$]*", i)
-  if last == nil then
+  if not WORD_START[first] then
     malformed(i)
   end
-  return sub(s, i, last), last + 1
+  local j = i + 1
+  while WORD_BYTES[byte(s, j)] do
+    j = j + 1
+  end
+  return sub(s, i, j - 1), j
 end
 
 local function expect_colon(s, i)
@@ -164,27 +190,34 @@ local function skip_value(s, i)
     return skip_string(s, i)
   end
   if c == O_BRACE or c == O_BRACKET then
-    local depth = 0
-    repeat
-      local j = find(s, "[\"'{}%[%]]", i)
-      if j == nil then
-        malformed(i)
-      end
+    local depth, j = 0, i
+    while true do
       local d = byte(s, j)
       if d == QUOTE or d == APOSTROPHE then
-        i = skip_string(s, j)
+        j = skip_string(s, j)
       else
-        depth = (d == O_BRACE or d == O_BRACKET) and depth + 1 or depth - 1
-        i = j + 1
+        if d == O_BRACE or d == O_BRACKET then
+          depth = depth + 1
+        elseif d == C_BRACE or d == C_BRACKET then
+          depth = depth - 1
+          if depth == 0 then
+            return j + 1
+          end
+        elseif d == nil then
+          malformed(i)
+        end
+        j = j + 1
       end
-    until depth == 0
-    return i
+    end
   end
-  local _, last = find(s, "^[%w%.%+%-]+", i)
-  if last == nil then
+  local j = i
+  while SCALAR_BYTES[byte(s, j)] do
+    j = j + 1
+  end
+  if j == i then
     malformed(i)
   end
-  return last + 1
+  return j
 end
 
 local check_object
@@ -208,13 +241,18 @@ local function check_element(message, s, i, depth)
   return skip_value(s, i)
 end
 
+-- The transcoder flattens arrays nested in a repeated field into its elements.
 local function check_array(message, s, i, depth)
   depth = deeper(depth, i)
   i = skip_ws(s, i + 1)
   local index = 0
   while byte(s, i) ~= C_BRACKET do
     push(index)
-    i = check_element(message, s, i, depth)
+    if byte(s, i) == O_BRACKET then
+      i = check_array(message, s, i, depth)
+    else
+      i = check_element(message, s, i, depth)
+    end
     depth_of_path = depth_of_path - 1
     index = index + 1
     i = after_item(s, i, C_BRACKET)
