@@ -444,7 +444,8 @@ VALID = {
     ),
     "numbers and literals": (
         CREATE,
-        '{"thing": {"sourceId": -12.5e+3, "count": null, "aliases": [], "part": null}}',
+        '{"thing": {"sourceId": -12.5e+3, "count": null, "aliases": ["", "\\\\"],'
+        ' "part": null, "displayName": ""}}',
     ),
     "white space everywhere": (CREATE, ' \n\t{ "thing" :\r\n { "parts" : [ { } ] } }\n '),
     "the transcoder's lenient syntax": (
@@ -528,6 +529,8 @@ def test_a_literal_route_is_checked_against_its_own_method(gateway: Gateway) -> 
 def test_an_unprintable_key_is_reported_as_valid_json(gateway: Gateway) -> None:
     response = gateway.send("POST", "/v1/shelves/s1/things", b'{"a\\u0000\xff\\"b": 1}')
     assert unknown_field(response) == 'a\x00?"b'
+    lone_surrogate = gateway.send("POST", "/v1/shelves/s1/things", '{"x\\ud800": 1}')
+    assert unknown_field(lone_surrogate) == "x???"
 
 
 @pytest.mark.parametrize(
