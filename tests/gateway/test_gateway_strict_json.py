@@ -21,7 +21,7 @@ import pytest
 from grpc_tools import protoc
 
 from devstack import protogen
-from gateway import strict_json
+from gateway import envoy_config, strict_json
 from gateway.envoy_config import load_descriptor_set, podmesh_services, render_envoy_config
 from gateway.strict_json import Binding, Cardinality, Kind, Schema, Shape
 
@@ -575,3 +575,38 @@ def test_grpc_requests_are_not_inspected(gateway: Gateway) -> None:
         timeout=TIMEOUT_S,
     )
     assert "UNKNOWN_FIELD" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ([], None, True),
+        ([], "false", False),
+        (["--strict-json"], "false", True),
+        (["--no-strict-json"], None, False),
+    ],
+)
+def test_the_cli_renders_the_setting(
+    probe_descriptor_set: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: str | None,
+    expected: bool,
+) -> None:
+    if env is None:
+        monkeypatch.delenv(strict_json.SETTING, raising=False)
+    else:
+        monkeypatch.setenv(strict_json.SETTING, env)
+    out = tmp_path / "envoy.json"
+    code = envoy_config.main(
+        [
+            *("--descriptor-set", str(probe_descriptor_set), "--out", str(out)),
+            *("--listen-port", "8080", "--admin-port", "9901"),
+            *("--upstream", "probe=127.0.0.1:50051", "--reflection", "127.0.0.1:50060"),
+            *args,
+        ]
+    )
+    assert code == 0
+    names = [f["name"] for f in http_filters(json.loads(out.read_text()))]
+    assert (strict_json.FILTER_NAME in names) is expected
