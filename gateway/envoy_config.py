@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,8 @@ from typing import Any
 
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
+
+from gateway import strict_json
 
 MIB = 1024 * 1024
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * MIB
@@ -145,6 +148,7 @@ def render_envoy_config(
     max_downstream_connections: int = DEFAULT_MAX_DOWNSTREAM_CONNECTIONS,
     unary_timeout_s: int = DEFAULT_UNARY_TIMEOUT_S,
     stream_idle_timeout_s: int = DEFAULT_STREAM_IDLE_TIMEOUT_S,
+    strict_json_bodies: bool = True,
 ) -> dict[str, Any]:
     """A complete Envoy v3 bootstrap for the gateway.
 
@@ -156,7 +160,8 @@ def render_envoy_config(
     """
     for origin in cors_allowed_origins:
         parse_cors_origin(origin)
-    services = podmesh_services(load_descriptor_set(descriptor_set))
+    descriptors = load_descriptor_set(descriptor_set)
+    services = podmesh_services(descriptors)
     missing = sorted({service.backend for service in services} - set(upstreams))
     if missing:
         raise ValueError(f"no upstream endpoints for backend(s): {', '.join(missing)}")
@@ -198,7 +203,11 @@ def render_envoy_config(
                     "name": "podmesh",
                     "domains": ["*"],
                     "routes": _routes(
-                        services, timeouts, max_request_body_bytes, max_grpc_unary_request_bytes
+                        services,
+                        timeouts,
+                        max_request_body_bytes,
+                        max_grpc_unary_request_bytes,
+                        rest_filters=strict_json.route_config() if strict_json_bodies else {},
                     ),
                     "typed_per_filter_config": {
                         "envoy.filters.http.cors": _cors_policy(cors_allowed_origins),
@@ -226,6 +235,12 @@ def render_envoy_config(
                     "max_request_bytes": max_request_body_bytes,
                 },
             },
+            # After the buffer filter, which bounds the body it reads.
+            *(
+                [strict_json.http_filter(descriptors, [s.full_name for s in services])]
+                if strict_json_bodies
+                else []
+            ),
             {
                 "name": "envoy.filters.http.grpc_json_transcoder",
                 "typed_config": _transcoder(
@@ -294,6 +309,8 @@ def _routes(
     timeouts: _Timeouts,
     max_request_body_bytes: int,
     max_grpc_unary_request_bytes: int,
+    *,
+    rest_filters: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
     streaming_route = {"timeout": "0s", "idle_timeout": timeouts.stream_idle}
     retry_policy = {
@@ -365,7 +382,10 @@ def _routes(
             "name": "rest",
             "match": {"prefix": "/"},
             "route": {"cluster": REFLECTION_CLUSTER, "timeout": timeouts.unary},
-            "typed_per_filter_config": _buffer_up_to(max_request_body_bytes),
+            "typed_per_filter_config": {
+                **_buffer_up_to(max_request_body_bytes),
+                **rest_filters,
+            },
         }
     )
     return routes
@@ -797,6 +817,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="allowed CORS origin (exact, e.g. https://app.example.com); repeat for more "
         "(default: none, so browsers get no CORS headers)",
     )
+    parser.add_argument(
+        "--strict-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"refuse JSON bodies with unknown fields (default: on; {strict_json.SETTING})",
+    )
     args = parser.parse_args(argv)
 
     upstreams: dict[str, list[tuple[str, int]]] = {}
@@ -812,6 +838,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             reflection_upstream=args.reflection,
             access_log_path=args.access_log,
             cors_allowed_origins=tuple(args.cors_origin or ()),
+            strict_json_bodies=(
+                strict_json.enabled_by(os.environ) if args.strict_json is None else args.strict_json
+            ),
         )
     except (OSError, ValueError) as error:
         parser.error(str(error))

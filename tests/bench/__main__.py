@@ -18,6 +18,7 @@ BENCHMARKS = (
     "tests.bench.analytics_ingest",
     "tests.bench.analytics_queries",
     "tests.bench.strict_input",
+    "tests.bench.strict_json",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -28,6 +29,8 @@ SUMMARY = (
     "query_p95_ms",
     "query_p99_ms",
     "analytics_peak_rss_mb",
+    "strict_json_on_vs_off_ratio",
+    "strict_json_check_cpu_us_per_record",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 

@@ -189,6 +189,7 @@ def test_filters_are_in_order(descriptor_set: Path) -> None:
         "envoy.filters.http.cors",
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.buffer",
+        "podmesh.strict_json",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.router",
     ]
