@@ -23,6 +23,7 @@ _BY_METHOD: dict[str, MethodRule] = {
     "GetApiKey": Permission.API_KEYS_READ,
     "ListApiKeys": Permission.API_KEYS_READ,
     "RevokeApiKey": Permission.API_KEYS_WRITE,
+    "IssueOwnerApiKey": Permission.PLATFORM_ADMIN,
     "ListAuditEvents": Permission.AUDIT_READ,
 }
 RULES = {f"/{SERVICE}/{method}": rule for method, rule in _BY_METHOD.items()}
