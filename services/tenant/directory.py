@@ -39,6 +39,7 @@ from services.shared.pagination import Keyset, PageTokens, split_page
 from services.shared.validation import Violations, mask_paths
 from services.tenant import repository as repo
 from services.tenant.domain import (
+    MAX_PASSWORD_LENGTH,
     TENANT_UPDATABLE,
     USER_UPDATABLE,
     ApiKey,
@@ -48,6 +49,7 @@ from services.tenant.domain import (
     User,
     apply_tenant_update,
     check_display_name,
+    check_new_password,
     normalise_email,
     require_keeps_an_owner,
     require_owner_change_allowed,
@@ -262,18 +264,7 @@ class TenantDirectory:
         try:
             charge = await self._guard.charge(slug, email, client_address)
         except TooManyAttempts as held:
-            # Logged, not audited: refused attempts cost nothing, so auditing each one
-            # would let anyone fill a tenant's audit log.
-            log.info(
-                "sign-in held back",
-                extra={"fields": {"client_address": client_address, "slug": slug}},
-            )
-            raise ResourceExhausted(
-                "too many failed sign-ins; wait before trying again",
-                reason="LOGIN_THROTTLED",
-                metadata={"retry_after_s": str(math.ceil(held.retry_after_s))},
-                retry_delay_s=held.retry_after_s,
-            ) from None
+            raise _throttled(held, slug, client_address) from None
         async with self._db.platform_transaction() as conn:
             found = await repo.tenant_for_slug(conn, slug)
         login = None
@@ -297,6 +288,68 @@ class TenantDirectory:
             await repo.record_login(conn, user.id, rehash)
         token, expires = self._jwt.issue(found[0], user.id, user.role, token_version)
         return token, expires, user
+
+    async def change_password(
+        self,
+        principal: Principal,
+        user_id: uuid.UUID,
+        current_password: str,
+        new_password: str,
+        client_address: str,
+    ) -> tuple[str, datetime]:
+        """Replaces the caller's own password and returns a token for the new version.
+
+        Checking the current password is throttled with the same account counter as
+        Login, so a stolen token does not open a way to guess it.
+        """
+        if principal.type is not PrincipalType.USER or principal.subject_id != str(user_id):
+            raise PermissionDenied(
+                "users change only their own password, signed in as themselves",
+                reason="OWN_PASSWORD_ONLY",
+            )
+        tenant_id = tenant_of(principal)
+        v = Violations()
+        v.check(
+            len(current_password) <= MAX_PASSWORD_LENGTH,
+            "current_password",
+            f"must be at most {MAX_PASSWORD_LENGTH} characters",
+        )
+        check_new_password(v, new_password, "new_password")
+        v.raise_if_any()
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            tenant = await _tenant_or_fail(conn, tenant_id)
+            login = await repo.get_login_by_id(conn, user_id)
+        if login is None:
+            raise NotFound("user", str(user_id))
+        user, stored_hash, _ = login
+        try:
+            charge = await self._guard.charge(tenant.slug, user.email, client_address)
+        except TooManyAttempts as held:
+            raise _throttled(held, tenant.slug, client_address) from None
+        if not await asyncio.to_thread(_verify_password, stored_hash, current_password):
+            async with self._db.tenant_transaction(tenant_id) as conn:
+                await _audit(
+                    conn,
+                    tenant_id,
+                    principal,
+                    ("user", str(user_id)),
+                    {"reason": "WRONG_PASSWORD", "client_address": client_address},
+                )
+            raise InvalidArgument.field(
+                "current_password", "is not the current password", reason="WRONG_PASSWORD"
+            )
+        await self._guard.refund(charge)
+        new_hash = await asyncio.to_thread(_hasher.hash, new_password)
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            role, token_version = await repo.set_password(conn, user_id, new_hash)
+            await _audit(
+                conn,
+                tenant_id,
+                principal,
+                ("user", str(user_id)),
+                {"client_address": client_address},
+            )
+        return self._jwt.issue(tenant_id, user_id, role, token_version)
 
     async def _audit_failed_login(
         self,
@@ -486,6 +539,20 @@ class TenantDirectory:
         page, more = split_page(rows, page_size)
         last = (page[-1].occurred_at, page[-1].id) if more else None
         return list(page), keyset.next_token(last)
+
+
+def _throttled(held: TooManyAttempts, slug: str, client_address: str) -> ResourceExhausted:
+    # Logged, not audited: refused attempts cost nothing, so auditing each one would let
+    # anyone fill a tenant's audit log.
+    log.info(
+        "sign-in held back", extra={"fields": {"client_address": client_address, "slug": slug}}
+    )
+    return ResourceExhausted(
+        "too many failed sign-ins; wait before trying again",
+        reason="LOGIN_THROTTLED",
+        metadata={"retry_after_s": str(math.ceil(held.retry_after_s))},
+        retry_delay_s=held.retry_after_s,
+    )
 
 
 def _verify_password(stored_hash: str, password: str) -> bool:

@@ -16,6 +16,8 @@ _BY_METHOD: dict[str, MethodRule] = {
     "ListUsers": Permission.USERS_READ,
     "UpdateUser": Permission.USERS_WRITE,
     "DeleteUser": Permission.USERS_WRITE,
+    # Only a user, for their own password: checked by the directory.
+    "ChangePassword": Access.AUTHENTICATED,
     "Login": Access.PUBLIC,
     # The credential to check is the request itself.
     "IntrospectCredential": Access.PUBLIC,

@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from services.shared.auth import Role, Scope
-from services.shared.errors import AlreadyExists
+from services.shared.errors import AlreadyExists, NotFound
 from services.tenant.domain import (
     ROLE_CODES,
     ROLES_BY_CODE,
@@ -201,6 +201,28 @@ async def get_login(conn: Conn, email: str) -> tuple[User, str, int] | None:
         email,
     )
     return (_user(row), row["password_hash"], row["token_version"]) if row else None
+
+
+async def get_login_by_id(conn: Conn, user_id: uuid.UUID) -> tuple[User, str, int] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_USER_COLUMNS}, password_hash, token_version FROM users WHERE user_id = $1",
+        user_id,
+    )
+    return (_user(row), row["password_hash"], row["token_version"]) if row else None
+
+
+async def set_password(conn: Conn, user_id: uuid.UUID, password_hash: str) -> tuple[Role, int]:
+    """Stores a new password hash and ends the tokens issued before; returns the user's
+    role and new token version."""
+    row = await conn.fetchrow(
+        "UPDATE users SET password_hash = $2, token_version = token_version + 1, "
+        "updated_at = now() WHERE user_id = $1 RETURNING role, token_version",
+        user_id,
+        password_hash,
+    )
+    if row is None:
+        raise NotFound("user", str(user_id))
+    return ROLES_BY_CODE[row["role"]], row["token_version"]
 
 
 async def token_holder(conn: Conn, user_id: uuid.UUID) -> tuple[Role, int, TenantState] | None:

@@ -249,6 +249,18 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         return pb.DeleteUserResponse()
 
+    async def ChangePassword(
+        self, request: pb.ChangePasswordRequest, context: Any
+    ) -> pb.ChangePasswordResponse:
+        token, expires = await self._directory.change_password(
+            current_principal(),
+            parse_uuid(request.user_id, "user_id"),
+            request.current_password,
+            request.new_password,
+            client_address(context.invocation_metadata() or (), context.peer()),
+        )
+        return pb.ChangePasswordResponse(access_token=token, expire_time=timestamp(expires))
+
     async def Login(self, request: pb.LoginRequest, context: Any) -> pb.LoginResponse:
         token, expires, user = await self._directory.login(
             request.tenant_slug,

@@ -447,6 +447,53 @@ async def test_surrounding_whitespace_is_kept_as_typed(tenants: Stub, stack: Sta
     )
 
 
+async def test_changing_a_password_ends_older_tokens(tenants: Stub, stack: Stack) -> None:
+    tenant = await create_tenant(tenants, stack.admin_token)
+    user = await create_user(tenants, tenant.owner_key, pb.ROLE_ADMIN)
+    other = await create_user(tenants, tenant.owner_key, pb.ROLE_VIEWER)
+    token = await login(tenants, tenant.slug, user.email)
+    new_password = "a much better passphrase"
+
+    def change(user_id: str, current: str, new: str) -> pb.ChangePasswordRequest:
+        return pb.ChangePasswordRequest(user_id=user_id, current_password=current, new_password=new)
+
+    refusals = [
+        (token, change(user.id, "not it at all", new_password), "INVALID_ARGUMENT"),
+        (token, change(user.id, PASSWORD, " " * 16), "INVALID_ARGUMENT"),
+        (token, change(other.id, PASSWORD, new_password), "PERMISSION_DENIED"),
+        (tenant.owner_key, change(user.id, PASSWORD, new_password), "PERMISSION_DENIED"),
+    ]
+    for credential, request, code in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await tenants.ChangePassword(request, metadata=(*bearer(credential), *client_address()))
+        assert refused.value.code().name == code
+    changed = await tenants.ChangePassword(
+        change(user.id, PASSWORD, new_password), metadata=(*bearer(token), *client_address())
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as old_token:
+        await tenants.GetUser(pb.GetUserRequest(user_id=user.id), metadata=bearer(token))
+    assert old_token.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    await tenants.GetUser(pb.GetUserRequest(user_id=user.id), metadata=bearer(changed.access_token))
+    address = client_address()
+    assert (
+        await _sign_in(tenants, tenant.slug, user.email, PASSWORD, address)
+        is grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert (
+        await _sign_in(tenants, tenant.slug, user.email, new_password, address)
+        is grpc.StatusCode.OK
+    )
+    audit = await tenants.ListAuditEvents(
+        pb.ListAuditEventsRequest(), metadata=bearer(tenant.owner_key)
+    )
+    changes = [e for e in audit.audit_events if e.method.endswith("/ChangePassword")]
+    assert [e.details.get("reason", "") for e in changes] == ["", "WRONG_PASSWORD"]
+    assert all(
+        new_password not in v and PASSWORD not in v for e in changes for v in e.details.values()
+    )
+
+
 # 7. Concurrent owner changes
 
 
