@@ -4,6 +4,7 @@ expire, owners cannot be locked out, sign-in resists guessing, owner changes nev
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -513,3 +514,24 @@ async def test_concurrent_owner_demotions_keep_one_owner(tenants: Stub, stack: S
         assert codes == ["FAILED_PRECONDITION", "OK"], results
         users = await tenants.ListUsers(pb.ListUsersRequest(), metadata=bearer(tenant.owner_key))
         assert [u.role for u in users.users].count(pb.ROLE_OWNER) == 1
+
+
+async def test_a_client_cannot_choose_its_address_through_the_gateway(
+    tenants: Stub, http: httpx.AsyncClient, stack: Stack
+) -> None:
+    tenant = await create_tenant(tenants, stack.admin_token)
+    user = await create_user(tenants, tenant.owner_key, pb.ROLE_VIEWER)
+    failed = await http.post(
+        "/api/v1/auth:login",
+        json={"tenantSlug": tenant.slug, "email": user.email, "password": "wrong password!"},
+        headers={"x-forwarded-for": "203.0.113.50"},
+    )
+    assert failed.status_code == 401
+    audit = await tenants.ListAuditEvents(
+        pb.ListAuditEventsRequest(), metadata=bearer(tenant.owner_key)
+    )
+    (event,) = [e for e in audit.audit_events if e.method.endswith("/Login")]
+    # Envoy appends the address it accepted the connection from (for a loopback client,
+    # its own address), and only that last entry counts.
+    assert event.details["client_address"] != "203.0.113.50"
+    assert ipaddress.ip_address(event.details["client_address"])
