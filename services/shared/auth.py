@@ -138,6 +138,8 @@ class Principal:
     role: Role | None = None
     scopes: frozenset[Scope] = field(default_factory=frozenset)
     expires_at: datetime | None = None
+    # For users: the version of their credentials the token was issued for.
+    token_version: int = 0
 
     @property
     def permissions(self) -> frozenset[Permission]:
@@ -176,7 +178,11 @@ def api_key_shown_prefix(secret: str) -> str:
 
 
 class JwtCodec:
-    """Short-lived HS256 access tokens carrying tenant, user and role."""
+    """Short-lived HS256 access tokens carrying tenant, user, role and token version.
+
+    A valid signature only says who the token was issued to; whether that user still
+    exists with that role and token version is the tenant service's to answer.
+    """
 
     issuer = "podmesh"
 
@@ -188,7 +194,9 @@ class JwtCodec:
         self._secret = secret
         self.ttl_s = ttl_s
 
-    def issue(self, tenant_id: uuid.UUID, user_id: uuid.UUID, role: Role) -> tuple[str, datetime]:
+    def issue(
+        self, tenant_id: uuid.UUID, user_id: uuid.UUID, role: Role, token_version: int
+    ) -> tuple[str, datetime]:
         now = int(time.time())
         expires = now + self.ttl_s
         claims = {
@@ -196,6 +204,7 @@ class JwtCodec:
             "sub": str(user_id),
             "tid": str(tenant_id),
             "role": role.value,
+            "ver": token_version,
             "iat": now,
             "exp": expires,
             "jti": secrets.token_hex(8),
@@ -210,30 +219,40 @@ class JwtCodec:
                 self._secret,
                 algorithms=["HS256"],
                 issuer=self.issuer,
-                options={"require": ["exp", "sub", "tid", "role"]},
+                options={"require": ["exp", "sub", "tid", "role", "ver"]},
             )
+            version = claims["ver"]
+            if not isinstance(version, int) or isinstance(version, bool):
+                return None
             return Principal(
                 type=PrincipalType.USER,
                 tenant_id=uuid.UUID(claims["tid"]),
                 subject_id=str(uuid.UUID(claims["sub"])),
                 role=Role(claims["role"]),
                 expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+                token_version=version,
             )
         except (jwt.PyJWTError, ValueError, KeyError):
             return None
 
 
-class ApiKeyVerifier(Protocol):
+class CredentialStore(Protocol):
+    """Where credentials are checked against the tenant's current state."""
+
     async def verify_api_key(self, secret: str) -> Principal | None: ...
+
+    # `claims` is what the token's verified signature says; the answer is whether the
+    # user still exists with that role and token version.
+    async def verify_user_token(self, token: str, claims: Principal) -> Principal | None: ...
 
 
 class CredentialVerifier:
     """Turns a bearer credential into a principal, or None when it is not valid."""
 
-    def __init__(self, admin_token: str, jwt_codec: JwtCodec, api_keys: ApiKeyVerifier) -> None:
+    def __init__(self, admin_token: str, jwt_codec: JwtCodec, store: CredentialStore) -> None:
         self._admin_token = admin_token.encode()
         self._jwt = jwt_codec
-        self._api_keys = api_keys
+        self._store = store
 
     async def verify(self, credential: str) -> Principal | None:
         if not credential:
@@ -241,8 +260,12 @@ class CredentialVerifier:
         if self._admin_token and hmac.compare_digest(credential.encode(), self._admin_token):
             return PLATFORM_ADMIN
         if credential.startswith(API_KEY_PREFIX):
-            return await self._api_keys.verify_api_key(credential)
-        return self._jwt.verify(credential)
+            return await self._store.verify_api_key(credential)
+        # The signature is checked here first, so forged tokens cost no round trip.
+        claims = self._jwt.verify(credential)
+        if claims is None:
+            return None
+        return await self._store.verify_user_token(credential, claims)
 
 
 def bearer_credential(authorization: str) -> str:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
-from services.shared.errors import Unavailable
+from services.shared.errors import Aborted, Unavailable
+
+T = TypeVar("T")
 
 # Connection-level failures worth telling the caller to retry.
 _UNAVAILABLE = (
@@ -19,6 +23,13 @@ _UNAVAILABLE = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
 )
+# Conflicts between concurrent transactions: the transaction is rolled back and running
+# it again can succeed.
+_CONFLICTS = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+_CONFLICT_ATTEMPTS = 3
 
 
 async def _reset(conn: asyncpg.Connection) -> None:
@@ -65,6 +76,25 @@ class Database:
                 yield conn
         except _UNAVAILABLE as exc:
             raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+        except _CONFLICTS as exc:
+            raise _aborted(exc) from exc
+
+    async def in_tenant_transaction(
+        self, tenant_id: uuid.UUID, work: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        """`work` in a tenant transaction, run again (a bounded number of times) when
+        PostgreSQL rolled it back for a deadlock or serialization failure. `work` must
+        do nothing but database work, as it may run more than once."""
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            try:
+                async with self.tenant_transaction(tenant_id) as conn:
+                    return await work(conn)
+            except Aborted:
+                if attempt == _CONFLICT_ATTEMPTS:
+                    raise
+                # Jitter, so the transactions that collided do not collide again.
+                await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def fetchval(self, query: str, *args: object) -> Any:
         """One statement in a transaction of its own: for functions that scope themselves
@@ -84,3 +114,13 @@ class Database:
                 yield conn
         except _UNAVAILABLE as exc:
             raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+        except _CONFLICTS as exc:
+            raise _aborted(exc) from exc
+
+
+def _aborted(exc: Exception) -> Aborted:
+    return Aborted(
+        "the request collided with a concurrent change; try again",
+        reason="CONCURRENT_CHANGE",
+        metadata={"cause": type(exc).__name__},
+    )

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -109,10 +109,29 @@ class ResourceExhausted(DomainError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_delay_s: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        # Sent as google.rpc.RetryInfo: when trying again can succeed.
+        self.retry_delay_s = retry_delay_s
+
 
 class FailedPrecondition(DomainError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(DomainError):
+    """A concurrency conflict the whole request may be retried after."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
 
 
 class Unimplemented(DomainError):
@@ -178,6 +197,10 @@ def to_status(error: DomainError) -> grpc.Status:
                 error_details_pb2.BadRequest(field_violations=_shown_violations(error.violations))
             )
         )
+    if isinstance(error, ResourceExhausted) and error.retry_delay_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(1, round(error.retry_delay_s * 1e9)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(
         code=error.code.value[0], message=_cap(error.message, MAX_MESSAGE_CHARS), details=details
     )

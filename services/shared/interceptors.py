@@ -53,6 +53,10 @@ _INFRASTRUCTURE_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 # A client's x-request-id is kept (it ties our logs and audit records to theirs) only
 # when it looks like an id; anything else would be stored verbatim.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# How often a stream's credential is verified again while messages flow. The verifier's
+# own cache (PODMESH_AUTH_CACHE_TTL_S) bounds how stale each answer may be, so a revoked
+# credential ends its streams within that TTL plus this interval.
+_STREAM_RECHECK_S = 1.0
 
 
 def request_id(supplied: str | None) -> str:
@@ -110,6 +114,19 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             raise PermissionDenied(f"{method} has no declared permission", reason="UNDECLARED")
         if rule is Access.PUBLIC:
             return
+        principal = await self._principal(metadata)
+        principal_var.set(principal)
+        _authorise(rule, principal)
+
+    async def recheck(self, method: str, context: Context) -> None:
+        """Verifies a stream's credential again: a stream lives no longer than it."""
+        rule = self._rules.get(method)
+        if rule is None or rule is Access.PUBLIC:
+            return
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        _authorise(rule, await self._principal(metadata))
+
+    async def _principal(self, metadata: Mapping[str, str]) -> Principal:
         credential = bearer_credential(metadata.get("authorization", "")) or metadata.get(
             "x-api-key", ""
         )
@@ -123,13 +140,7 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             raise Unauthenticated(
                 "the credential is unknown, revoked or expired", reason="CREDENTIALS_INVALID"
             )
-        principal_var.set(principal)
-        if isinstance(rule, Permission) and not principal.can(rule):
-            raise PermissionDenied(
-                f"this credential lacks the {rule.value!r} permission",
-                reason="MISSING_PERMISSION",
-                metadata={"permission": rule.value},
-            )
+        return principal
 
     def record(
         self, method: str, code: grpc.StatusCode, started: float, principal: Principal | None
@@ -149,6 +160,34 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 
 
 Enter = Callable[[Context], Awaitable[None]]
+
+
+def _authorise(rule: MethodRule, principal: Principal) -> None:
+    if isinstance(rule, Permission) and not principal.can(rule):
+        raise PermissionDenied(
+            f"this credential lacks the {rule.value!r} permission",
+            reason="MISSING_PERMISSION",
+            metadata={"permission": rule.value},
+        )
+
+
+class _StreamCredential:
+    """Re-verifies a stream's credential at most every _STREAM_RECHECK_S, as requests
+    arrive and responses leave; a failed check ends the stream with its error."""
+
+    def __init__(self, check: Callable[[], Awaitable[None]]) -> None:
+        self._check = check
+        self._due = time.monotonic() + _STREAM_RECHECK_S
+
+    async def still_valid(self) -> None:
+        if time.monotonic() >= self._due:
+            await self._check()
+            self._due = time.monotonic() + _STREAM_RECHECK_S
+
+    async def requests(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            await self.still_valid()
+            yield request
 
 
 async def _fail(context: Context, error: BaseException) -> grpc.StatusCode:
@@ -203,8 +242,12 @@ def _wrap(
         code = grpc.StatusCode.OK
         try:
             await enter(context)
+            credential = _StreamCredential(functools.partial(interceptor.recheck, method, context))
+            if handler.stream_stream:
+                request_or_iterator = credential.requests(request_or_iterator)
             behaviour: Any = handler.unary_stream or handler.stream_stream
             async for response in behaviour(checked(request_or_iterator), context):
+                await credential.still_valid()
                 yield response
         except aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN

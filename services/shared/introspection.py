@@ -1,5 +1,9 @@
-"""API key verification for services other than tenant: ask the tenant service,
-and remember the answer briefly so hot paths do not pay a round trip per call."""
+"""Credential verification for services other than tenant: ask the tenant service,
+and remember the answer briefly so hot paths do not pay a round trip per call.
+
+A remembered answer lasts `ttl_s` (PODMESH_AUTH_CACHE_TTL_S) at most, and never past the
+credential's own expiry: revocations, role changes and removed users reach every
+service within `ttl_s`."""
 
 from __future__ import annotations
 
@@ -52,28 +56,38 @@ def principal_from_proto(message: tenant_pb2.Principal) -> Principal:
 
 
 class RemoteApiKeyVerifier:
+    """API keys and access tokens, as the tenant service's IntrospectCredential sees them."""
+
     def __init__(self, channel: aio.Channel, ttl_s: float) -> None:
         self._stub = tenant_pb2_grpc.TenantServiceStub(channel)
         self._ttl_s = ttl_s
         self._cache: dict[str, tuple[float, Principal | None]] = {}
 
     async def verify_api_key(self, secret: str) -> Principal | None:
+        return await self._introspect(secret)
+
+    async def verify_user_token(self, token: str, claims: Principal) -> Principal | None:
+        return await self._introspect(token)
+
+    async def _introspect(self, credential: str) -> Principal | None:
         now = time.monotonic()
-        cached = self._cache.get(secret)
+        cached = self._cache.get(credential)
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
             response = await self._stub.IntrospectCredential(
-                tenant_pb2.IntrospectCredentialRequest(credential=secret), timeout=5
+                tenant_pb2.IntrospectCredentialRequest(credential=credential), timeout=5
             )
         except grpc.RpcError as error:
             raise Unavailable("the tenant service cannot verify credentials now") from error
         principal = principal_from_proto(response.principal) if response.active else None
-        expires_at = principal.expires_at if principal is not None else None
-        if expires_at is not None and expires_at <= datetime.now(UTC):
-            principal = None
+        ttl = self._ttl_s if principal is not None else _NEGATIVE_TTL_S
+        if principal is not None and principal.expires_at is not None:
+            remaining = (principal.expires_at - datetime.now(UTC)).total_seconds()
+            if remaining <= 0:
+                principal = None
+            ttl = min(ttl, max(remaining, 0.0))
         if len(self._cache) >= _MAX_ENTRIES:
             self._cache.clear()
-        ttl = self._ttl_s if principal is not None else _NEGATIVE_TTL_S
-        self._cache[secret] = (now + ttl, principal)
+        self._cache[credential] = (now + ttl, principal)
         return principal

@@ -17,7 +17,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.shared.auth import ApiKeyVerifier, CredentialVerifier, JwtCodec, MethodRule
+from services.shared.auth import CredentialStore, CredentialVerifier, JwtCodec, MethodRule
 from services.shared.config import Settings
 from services.shared.db import Database
 from services.shared.inputs import InputRules, receive_limit
@@ -56,7 +56,7 @@ class Resources:
 
 
 Register = Callable[[aio.Server, Resources], Awaitable[None]]
-VerifierFactory = Callable[[Resources], ApiKeyVerifier]
+VerifierFactory = Callable[[Resources], CredentialStore]
 # Per method, what its requests may be beyond services.shared.inputs' defaults; from the
 # settings, since some limits are configurable.
 InputRulesFactory = Callable[[Settings], InputRules]
@@ -74,7 +74,7 @@ class ServiceDefinition:
     # "/package.Service/Method" -> what a caller needs; undeclared methods are refused.
     rules: Mapping[str, MethodRule]
     register: Register
-    # How API keys are checked; by default by asking the tenant service.
+    # How API keys and access tokens are checked; by default by asking the tenant service.
     api_key_verifier: VerifierFactory | None = None
     # A service with settings of its own subclasses Settings.
     settings_type: type[Settings] = Settings
@@ -88,7 +88,7 @@ def create_redis(url: str) -> aioredis.Redis:
     )
 
 
-def _remote_verifier(resources: Resources) -> ApiKeyVerifier:
+def _remote_verifier(resources: Resources) -> CredentialStore:
     return RemoteApiKeyVerifier(resources.channel("tenant"), resources.settings.auth_cache_ttl_s)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -34,9 +36,10 @@ from services.shared.errors import (
     Unauthenticated,
 )
 from services.shared.pagination import Keyset, PageTokens, split_page
-from services.shared.validation import mask_paths
+from services.shared.validation import Violations, mask_paths
 from services.tenant import repository as repo
 from services.tenant.domain import (
+    MAX_PASSWORD_LENGTH,
     TENANT_UPDATABLE,
     USER_UPDATABLE,
     ApiKey,
@@ -45,9 +48,12 @@ from services.tenant.domain import (
     TenantState,
     User,
     apply_tenant_update,
+    check_display_name,
+    check_new_password,
     normalise_email,
     require_keeps_an_owner,
     require_owner_change_allowed,
+    require_owner_key_revocation_allowed,
     require_role_grant,
     require_scope_grant,
     tenant_scope,
@@ -55,7 +61,11 @@ from services.tenant.domain import (
     validate_new_api_key,
     validate_new_tenant,
     validate_new_user,
+    validate_sign_in,
 )
+from services.tenant.login_guard import LoginGuard, TooManyAttempts
+
+log = logging.getLogger("podmesh.tenant")
 
 _hasher = PasswordHasher()
 # Verified when the e-mail is unknown, so a sign-in takes as long either way.
@@ -64,10 +74,13 @@ _LOGIN_FAILED = "the tenant, e-mail or password is wrong"
 
 
 class TenantDirectory:
-    def __init__(self, db: Database, jwt: JwtCodec, page_tokens: PageTokens) -> None:
+    def __init__(
+        self, db: Database, jwt: JwtCodec, page_tokens: PageTokens, guard: LoginGuard
+    ) -> None:
         self._db = db
         self._jwt = jwt
         self._tokens = page_tokens
+        self._guard = guard
 
     # Tenants
 
@@ -196,7 +209,11 @@ class TenantDirectory:
     ) -> User:
         tenant_id = tenant_of(principal)
         requested = mask_paths(paths, USER_UPDATABLE)
-        async with self._db.tenant_transaction(tenant_id) as conn:
+        if "role" in requested and role is None:
+            raise InvalidArgument.field("user.role", "is required when the mask names it")
+
+        async def work(conn: asyncpg.Connection) -> User:
+            await repo.lock_tenant(conn, tenant_id)
             current = await repo.get_user(conn, patch.id, for_update=True)
             if current is None:
                 raise NotFound("user", str(patch.id))
@@ -204,9 +221,7 @@ class TenantDirectory:
             updated = current
             if "display_name" in requested:
                 updated = replace(updated, display_name=patch.display_name.strip())
-            if "role" in requested:
-                if role is None:
-                    raise InvalidArgument.field("user.role", "is required when the mask names it")
+            if "role" in requested and role is not None:
                 require_role_grant(principal, role)
                 require_keeps_an_owner(await repo.count_owners(conn), current, role)
                 updated = replace(updated, role=role)
@@ -218,11 +233,15 @@ class TenantDirectory:
                 ("user", str(current.id)),
                 {"update_mask": ",".join(sorted(requested)), "role": saved.role.value},
             )
-        return saved
+            return saved
+
+        return await self._db.in_tenant_transaction(tenant_id, work)
 
     async def delete_user(self, principal: Principal, user_id: uuid.UUID) -> None:
         tenant_id = tenant_of(principal)
-        async with self._db.tenant_transaction(tenant_id) as conn:
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await repo.lock_tenant(conn, tenant_id)
             current = await repo.get_user(conn, user_id, for_update=True)
             if current is None:
                 raise NotFound("user", str(user_id))
@@ -233,12 +252,21 @@ class TenantDirectory:
                 conn, tenant_id, principal, ("user", str(user_id)), {"email": current.email}
             )
 
+        await self._db.in_tenant_transaction(tenant_id, work)
+
     # Sign-in and credentials
 
-    async def login(self, slug: str, email: str, password: str) -> tuple[str, datetime, User]:
-        email = normalise_email(email)
+    async def login(
+        self, slug: str, email: str, password: str, client_address: str
+    ) -> tuple[str, datetime, User]:
+        slug, email = slug.strip().lower(), normalise_email(email)
+        validate_sign_in(email, password)
+        try:
+            charge = await self._guard.charge(slug, email, client_address)
+        except TooManyAttempts as held:
+            raise _throttled(held, slug, client_address) from None
         async with self._db.platform_transaction() as conn:
-            found = await repo.tenant_for_slug(conn, slug.strip().lower())
+            found = await repo.tenant_for_slug(conn, slug)
         login = None
         if found is not None and found[1] is TenantState.ACTIVE:
             async with self._db.tenant_transaction(found[0]) as conn:
@@ -246,8 +274,11 @@ class TenantDirectory:
         stored_hash = login[1] if login else _DUMMY_HASH
         valid = await asyncio.to_thread(_verify_password, stored_hash, password)
         if login is None or found is None or not valid:
+            if found is not None:
+                await self._audit_failed_login(found, login, email, client_address)
             raise Unauthenticated(_LOGIN_FAILED, reason="LOGIN_FAILED")
-        user, _ = login
+        await self._guard.refund(charge)
+        user, _, token_version = login
         rehash = (
             await asyncio.to_thread(_hasher.hash, password)
             if _hasher.check_needs_rehash(stored_hash)
@@ -255,8 +286,95 @@ class TenantDirectory:
         )
         async with self._db.tenant_transaction(found[0]) as conn:
             await repo.record_login(conn, user.id, rehash)
-        token, expires = self._jwt.issue(found[0], user.id, user.role)
+        token, expires = self._jwt.issue(found[0], user.id, user.role, token_version)
         return token, expires, user
+
+    async def change_password(
+        self,
+        principal: Principal,
+        user_id: uuid.UUID,
+        current_password: str,
+        new_password: str,
+        client_address: str,
+    ) -> tuple[str, datetime]:
+        """Replaces the caller's own password and returns a token for the new version.
+
+        Checking the current password is throttled with the same account counter as
+        Login, so a stolen token does not open a way to guess it.
+        """
+        if principal.type is not PrincipalType.USER or principal.subject_id != str(user_id):
+            raise PermissionDenied(
+                "users change only their own password, signed in as themselves",
+                reason="OWN_PASSWORD_ONLY",
+            )
+        tenant_id = tenant_of(principal)
+        v = Violations()
+        v.check(
+            len(current_password) <= MAX_PASSWORD_LENGTH,
+            "current_password",
+            f"must be at most {MAX_PASSWORD_LENGTH} characters",
+        )
+        check_new_password(v, new_password, "new_password")
+        v.raise_if_any()
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            tenant = await _tenant_or_fail(conn, tenant_id)
+            login = await repo.get_login_by_id(conn, user_id)
+        if login is None:
+            raise NotFound("user", str(user_id))
+        user, stored_hash, _ = login
+        try:
+            charge = await self._guard.charge(tenant.slug, user.email, client_address)
+        except TooManyAttempts as held:
+            raise _throttled(held, tenant.slug, client_address) from None
+        if not await asyncio.to_thread(_verify_password, stored_hash, current_password):
+            async with self._db.tenant_transaction(tenant_id) as conn:
+                await _audit(
+                    conn,
+                    tenant_id,
+                    principal,
+                    ("user", str(user_id)),
+                    {"reason": "WRONG_PASSWORD", "client_address": client_address},
+                )
+            raise InvalidArgument.field(
+                "current_password", "is not the current password", reason="WRONG_PASSWORD"
+            )
+        await self._guard.refund(charge)
+        new_hash = await asyncio.to_thread(_hasher.hash, new_password)
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            role, token_version = await repo.set_password(conn, user_id, new_hash)
+            await _audit(
+                conn,
+                tenant_id,
+                principal,
+                ("user", str(user_id)),
+                {"client_address": client_address},
+            )
+        return self._jwt.issue(tenant_id, user_id, role, token_version)
+
+    async def _audit_failed_login(
+        self,
+        tenant: tuple[uuid.UUID, TenantState],
+        login: tuple[User, str, int] | None,
+        email: str,
+        client_address: str,
+    ) -> None:
+        """Records a failed sign-in in the tenant's audit log (never the password tried)."""
+        if tenant[1] is not TenantState.ACTIVE:
+            reason = "TENANT_SUSPENDED"
+        elif login is None:
+            reason = "UNKNOWN_USER"
+        else:
+            reason = "WRONG_PASSWORD"
+        async with self._db.tenant_transaction(tenant[0]) as conn:
+            await repo.insert_audit_event(
+                conn,
+                tenant[0],
+                ("anonymous", ""),
+                current_method(),
+                ("user", str(login[0].id) if login else ""),
+                current_request_id(),
+                {"email": email, "reason": reason, "client_address": client_address},
+            )
 
     async def verify_api_key(self, secret: str) -> Principal | None:
         async with self._db.platform_transaction() as conn:
@@ -277,6 +395,24 @@ class TenantDirectory:
             scopes=frozenset(Scope(s) for s in row["scopes"]),
             expires_at=row["expires_at"],
         )
+
+    async def verify_user_token(self, token: str, claims: Principal) -> Principal | None:
+        """The claims, if their user still exists with the same role and token version
+        in an active tenant. Checked on every use: the tenant service keeps no cache."""
+        if claims.tenant_id is None:
+            return None
+        async with self._db.tenant_transaction(claims.tenant_id) as conn:
+            holder = await repo.token_holder(conn, uuid.UUID(claims.subject_id))
+        if holder is None:
+            return None
+        role, token_version, tenant_state = holder
+        if (
+            role is not claims.role
+            or token_version != claims.token_version
+            or tenant_state is not TenantState.ACTIVE
+        ):
+            return None
+        return claims
 
     async def introspect(self, verifier: CredentialVerifier, credential: str) -> Principal | None:
         return await verifier.verify(credential.strip())
@@ -343,12 +479,54 @@ class TenantDirectory:
 
     async def revoke_api_key(self, principal: Principal, api_key_id: uuid.UUID) -> ApiKey:
         tenant_id = tenant_of(principal)
-        async with self._db.tenant_transaction(tenant_id) as conn:
-            key = await repo.revoke_api_key(conn, api_key_id)
-            if key is None:
+
+        async def work(conn: asyncpg.Connection) -> ApiKey:
+            await repo.lock_tenant(conn, tenant_id)
+            current = await repo.get_api_key(conn, api_key_id, for_update=True)
+            if current is None:
                 raise NotFound("api key", str(api_key_id))
+            if Scope.OWNER in current.scopes:
+                require_owner_key_revocation_allowed(
+                    principal, current, await repo.count_owner_credentials(conn), utcnow()
+                )
+            key = await repo.revoke_api_key(conn, api_key_id)
+            assert key is not None
             await _audit(conn, tenant_id, principal, ("api_key", str(api_key_id)), {})
-        return key
+            return key
+
+        return await self._db.in_tenant_transaction(tenant_id, work)
+
+    async def issue_owner_api_key(
+        self, principal: Principal, tenant_id: uuid.UUID, key_name: str
+    ) -> tuple[ApiKey, str]:
+        """A new owner key for a tenant, by the platform administrator: the way back
+        for a tenant whose owners lost every owner credential. Not counted against the
+        tenant's key quota, so recovery always works."""
+        tenant_id = tenant_scope(principal, tenant_id)
+        key_name = key_name.strip() or "Owner key"
+        v = Violations()
+        check_display_name(v, key_name, "api_key_display_name", required=True)
+        v.raise_if_any()
+        secret = new_api_key_secret()
+        key = ApiKey(
+            id=uuid.uuid4(),
+            display_name=key_name,
+            scopes=frozenset({Scope.OWNER}),
+            prefix=api_key_shown_prefix(secret),
+        )
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            await _tenant_or_fail(conn, tenant_id)
+            stored = await repo.insert_api_key(
+                conn, tenant_id, key, api_key_hash(secret), _actor(principal)
+            )
+            await _audit(
+                conn,
+                tenant_id,
+                principal,
+                ("api_key", str(key.id)),
+                {"scopes": Scope.OWNER.value},
+            )
+        return stored, secret
 
     # Audit
 
@@ -361,6 +539,20 @@ class TenantDirectory:
         page, more = split_page(rows, page_size)
         last = (page[-1].occurred_at, page[-1].id) if more else None
         return list(page), keyset.next_token(last)
+
+
+def _throttled(held: TooManyAttempts, slug: str, client_address: str) -> ResourceExhausted:
+    # Logged, not audited: refused attempts cost nothing, so auditing each one would let
+    # anyone fill a tenant's audit log.
+    log.info(
+        "sign-in held back", extra={"fields": {"client_address": client_address, "slug": slug}}
+    )
+    return ResourceExhausted(
+        "too many failed sign-ins; wait before trying again",
+        reason="LOGIN_THROTTLED",
+        metadata={"retry_after_s": str(math.ceil(held.retry_after_s))},
+        retry_delay_s=held.retry_after_s,
+    )
 
 
 def _verify_password(stored_hash: str, password: str) -> bool:

@@ -23,6 +23,9 @@ from services.shared.validation import Violations, is_email
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
 MIN_PASSWORD_LENGTH = 12
+# argon2 work is bounded by what it is given: longer passwords are refused, at sign-in too.
+MAX_PASSWORD_LENGTH = 1024
+MAX_EMAIL_LENGTH = 320
 MAX_NAME_LENGTH = 200
 
 # What a quota of 0 stands for.
@@ -184,12 +187,39 @@ def validate_new_user(email: str, display_name: str, role: Role | None, password
     v.check(is_email(email), "user.email", "must be an e-mail address")
     check_display_name(v, display_name, "user.display_name", required=False)
     v.check(role is not None, "user.role", "is required")
+    check_new_password(v, password, "password")
+    v.raise_if_any()
+
+
+def check_new_password(v: Violations, password: str, field_name: str) -> None:
+    """A password is kept exactly as typed, but whitespace around it does not count
+    towards its length: padding must not make a short (or empty) password long enough."""
+    if not password.strip():
+        v.add(field_name, "must not be empty or only whitespace")
+        return
     v.check(
-        len(password) >= MIN_PASSWORD_LENGTH,
-        "password",
-        f"must be at least {MIN_PASSWORD_LENGTH} characters",
+        len(password.strip()) >= MIN_PASSWORD_LENGTH,
+        field_name,
+        f"must be at least {MIN_PASSWORD_LENGTH} characters, not counting surrounding whitespace",
     )
-    v.check(len(password) <= 1024, "password", "must be at most 1024 characters")
+    v.check(
+        len(password) <= MAX_PASSWORD_LENGTH,
+        field_name,
+        f"must be at most {MAX_PASSWORD_LENGTH} characters",
+    )
+
+
+def validate_sign_in(email: str, password: str) -> None:
+    """Bounds on what a sign-in may ask to be checked, before any hashing work."""
+    v = Violations()
+    v.check(
+        len(email) <= MAX_EMAIL_LENGTH, "email", f"must be at most {MAX_EMAIL_LENGTH} characters"
+    )
+    v.check(
+        len(password) <= MAX_PASSWORD_LENGTH,
+        "password",
+        f"must be at most {MAX_PASSWORD_LENGTH} characters",
+    )
     v.raise_if_any()
 
 
@@ -238,6 +268,22 @@ def require_owner_change_allowed(principal: Principal, target: User) -> None:
 def require_keeps_an_owner(owner_count: int, target: User, new_role: Role | None) -> None:
     if target.role is Role.OWNER and new_role is not Role.OWNER and owner_count <= 1:
         raise FailedPrecondition("a tenant must keep at least one owner", reason="LAST_OWNER")
+
+
+def require_owner_key_revocation_allowed(
+    principal: Principal, key: ApiKey, owner_credentials: int, now: datetime
+) -> None:
+    """Only owners revoke owner keys, and never the tenant's last owner credential
+    (owner users and active owner keys): nobody could manage owners after it."""
+    if Scope.OWNER not in key.scopes:
+        return
+    if not principal.can(Permission.OWNERS_MANAGE):
+        raise PermissionDenied("only owners can revoke an owner key", reason="OWNER_PROTECTED")
+    if key.state(now) is ApiKeyState.ACTIVE and owner_credentials <= 1:
+        raise FailedPrecondition(
+            "this is the tenant's last owner credential: add an owner user or owner key first",
+            reason="LAST_OWNER_CREDENTIAL",
+        )
 
 
 def tenant_scope(principal: Principal, tenant_id: uuid.UUID) -> uuid.UUID:

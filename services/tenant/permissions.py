@@ -16,6 +16,8 @@ _BY_METHOD: dict[str, MethodRule] = {
     "ListUsers": Permission.USERS_READ,
     "UpdateUser": Permission.USERS_WRITE,
     "DeleteUser": Permission.USERS_WRITE,
+    # Only a user, for their own password: checked by the directory.
+    "ChangePassword": Access.AUTHENTICATED,
     "Login": Access.PUBLIC,
     # The credential to check is the request itself.
     "IntrospectCredential": Access.PUBLIC,
@@ -23,6 +25,7 @@ _BY_METHOD: dict[str, MethodRule] = {
     "GetApiKey": Permission.API_KEYS_READ,
     "ListApiKeys": Permission.API_KEYS_READ,
     "RevokeApiKey": Permission.API_KEYS_WRITE,
+    "IssueOwnerApiKey": Permission.PLATFORM_ADMIN,
     "ListAuditEvents": Permission.AUDIT_READ,
 }
 RULES = {f"/{SERVICE}/{method}": rule for method, rule in _BY_METHOD.items()}

@@ -10,8 +10,8 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from services.shared.auth import Scope
-from services.shared.errors import AlreadyExists
+from services.shared.auth import Role, Scope
+from services.shared.errors import AlreadyExists, NotFound
 from services.tenant.domain import (
     ROLE_CODES,
     ROLES_BY_CODE,
@@ -194,11 +194,58 @@ async def get_user(conn: Conn, user_id: uuid.UUID, *, for_update: bool = False) 
     return _user(row) if row else None
 
 
-async def get_login(conn: Conn, email: str) -> tuple[User, str] | None:
+async def get_login(conn: Conn, email: str) -> tuple[User, str, int] | None:
+    """The user, their password hash and their current token version."""
     row = await conn.fetchrow(
-        f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE email = $1", email
+        f"SELECT {_USER_COLUMNS}, password_hash, token_version FROM users WHERE email = $1",
+        email,
     )
-    return (_user(row), row["password_hash"]) if row else None
+    return (_user(row), row["password_hash"], row["token_version"]) if row else None
+
+
+async def get_login_by_id(conn: Conn, user_id: uuid.UUID) -> tuple[User, str, int] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_USER_COLUMNS}, password_hash, token_version FROM users WHERE user_id = $1",
+        user_id,
+    )
+    return (_user(row), row["password_hash"], row["token_version"]) if row else None
+
+
+async def set_password(conn: Conn, user_id: uuid.UUID, password_hash: str) -> tuple[Role, int]:
+    """Stores a new password hash and ends the tokens issued before; returns the user's
+    role and new token version."""
+    row = await conn.fetchrow(
+        "UPDATE users SET password_hash = $2, token_version = token_version + 1, "
+        "updated_at = now() WHERE user_id = $1 RETURNING role, token_version",
+        user_id,
+        password_hash,
+    )
+    if row is None:
+        raise NotFound("user", str(user_id))
+    return ROLES_BY_CODE[row["role"]], row["token_version"]
+
+
+async def token_holder(conn: Conn, user_id: uuid.UUID) -> tuple[Role, int, TenantState] | None:
+    """What an access token of this user must still match: role, token version, and the
+    state of the tenant."""
+    row = await conn.fetchrow(
+        "SELECT u.role, u.token_version, t.state FROM users u JOIN tenants t USING (tenant_id) "
+        "WHERE u.user_id = $1",
+        user_id,
+    )
+    if row is None:
+        return None
+    return ROLES_BY_CODE[row["role"]], row["token_version"], TenantState(row["state"])
+
+
+async def lock_tenant(conn: Conn, tenant_id: uuid.UUID) -> None:
+    """Serialises the changes that may take a tenant's last owner away.
+
+    Every such change takes this lock first and only then its user or key rows, so
+    they queue in one order instead of deadlocking. NO KEY UPDATE leaves the foreign
+    key checks of concurrent inserts (KEY SHARE) unblocked.
+    """
+    await conn.execute("SELECT 1 FROM tenants WHERE tenant_id = $1 FOR NO KEY UPDATE", tenant_id)
 
 
 async def record_login(conn: Conn, user_id: uuid.UUID, new_hash: str | None) -> None:
@@ -231,15 +278,18 @@ async def count_users(conn: Conn) -> int:
 
 
 async def count_owners(conn: Conn) -> int:
-    # Locks the owners so two concurrent demotions cannot both pass the check.
-    rows = await conn.fetch("SELECT user_id FROM users WHERE role = $1 FOR UPDATE", 1)
-    return len(rows)
+    # Callers hold the tenant lock (lock_tenant), so the count cannot change under them.
+    return int(
+        await conn.fetchval("SELECT count(*) FROM users WHERE role = $1", ROLE_CODES[Role.OWNER])
+    )
 
 
 async def update_user(conn: Conn, user: User) -> User:
+    # A new role invalidates the tokens issued for the old one.
     row = await conn.fetchrow(
         f"""
-        UPDATE users SET display_name = $2, role = $3, updated_at = now()
+        UPDATE users SET display_name = $2, role = $3, updated_at = now(),
+            token_version = token_version + (role <> $3)::integer
         WHERE user_id = $1 RETURNING {_USER_COLUMNS}
         """,
         user.id,
@@ -282,11 +332,29 @@ async def insert_api_key(
     return _api_key(row)
 
 
-async def get_api_key(conn: Conn, api_key_id: uuid.UUID) -> ApiKey | None:
+async def get_api_key(
+    conn: Conn, api_key_id: uuid.UUID, *, for_update: bool = False
+) -> ApiKey | None:
+    lock = " FOR UPDATE" if for_update else ""
     row = await conn.fetchrow(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE api_key_id = $1", api_key_id
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE api_key_id = $1{lock}", api_key_id
     )
     return _api_key(row) if row else None
+
+
+async def count_owner_credentials(conn: Conn) -> int:
+    """Owner users plus active owner-scope API keys."""
+    return int(
+        await conn.fetchval(
+            """
+            SELECT (SELECT count(*) FROM users WHERE role = $1)
+                + (SELECT count(*) FROM api_keys WHERE $2 = ANY (scopes)
+                   AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()))
+            """,
+            ROLE_CODES[Role.OWNER],
+            Scope.OWNER.value,
+        )
+    )
 
 
 async def count_active_api_keys(conn: Conn) -> int:

@@ -1,4 +1,4 @@
-"""Wires the tenant service: it verifies API keys itself, straight from its tables."""
+"""Wires the tenant service: it verifies credentials itself, straight from its tables."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from podmesh.tenant.v1 import tenant_pb2_grpc
 from services.shared.auth import CredentialVerifier
 from services.shared.server import Resources, ServiceDefinition
 from services.tenant.directory import TenantDirectory
+from services.tenant.login_guard import LoginGuard
 from services.tenant.permissions import RULES, SERVICE
 from services.tenant.servicer import TenantServicer
 
 
 def _directory(resources: Resources) -> TenantDirectory:
-    return TenantDirectory(resources.db, resources.jwt, resources.page_tokens)
+    return TenantDirectory(
+        resources.db, resources.jwt, resources.page_tokens, LoginGuard(resources.redis)
+    )
 
 
 async def register(server: aio.Server, resources: Resources) -> None:

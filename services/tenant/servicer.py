@@ -9,6 +9,7 @@ from podmesh.tenant.v1 import tenant_pb2 as pb
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from services.shared.auth import CredentialVerifier, Principal, PrincipalType, Role, Scope
+from services.shared.client_address import client_address
 from services.shared.context import current_principal
 from services.shared.protobuf import from_timestamp, timestamp
 from services.shared.validation import page_size, parse_uuid
@@ -248,9 +249,24 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         return pb.DeleteUserResponse()
 
+    async def ChangePassword(
+        self, request: pb.ChangePasswordRequest, context: Any
+    ) -> pb.ChangePasswordResponse:
+        token, expires = await self._directory.change_password(
+            current_principal(),
+            parse_uuid(request.user_id, "user_id"),
+            request.current_password,
+            request.new_password,
+            client_address(context.invocation_metadata() or (), context.peer()),
+        )
+        return pb.ChangePasswordResponse(access_token=token, expire_time=timestamp(expires))
+
     async def Login(self, request: pb.LoginRequest, context: Any) -> pb.LoginResponse:
         token, expires, user = await self._directory.login(
-            request.tenant_slug, request.email, request.password
+            request.tenant_slug,
+            request.email,
+            request.password,
+            client_address(context.invocation_metadata() or (), context.peer()),
         )
         return pb.LoginResponse(
             access_token=token,
@@ -309,6 +325,16 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
             current_principal(), parse_uuid(request.api_key_id, "api_key_id")
         )
         return pb.RevokeApiKeyResponse(api_key=api_key_to_pb(key))
+
+    async def IssueOwnerApiKey(
+        self, request: pb.IssueOwnerApiKeyRequest, context: Any
+    ) -> pb.IssueOwnerApiKeyResponse:
+        key, secret = await self._directory.issue_owner_api_key(
+            current_principal(),
+            parse_uuid(request.tenant_id, "tenant_id"),
+            request.api_key_display_name,
+        )
+        return pb.IssueOwnerApiKeyResponse(api_key=api_key_to_pb(key), secret=secret)
 
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: Any

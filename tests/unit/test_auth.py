@@ -86,14 +86,15 @@ def test_admin_cannot_make_owners_but_owner_can() -> None:
 def test_jwt_round_trip_and_rejections() -> None:
     codec = JwtCodec(SECRET, ttl_s=60)
     user_id = uuid.uuid4()
-    token, expires = codec.issue(TENANT, user_id, Role.ANALYST)
+    token, expires = codec.issue(TENANT, user_id, Role.ANALYST, 3)
     principal = codec.verify(token)
     assert principal is not None
-    assert (principal.tenant_id, principal.subject_id, principal.role) == (
-        TENANT,
-        str(user_id),
-        Role.ANALYST,
-    )
+    assert (
+        principal.tenant_id,
+        principal.subject_id,
+        principal.role,
+        principal.token_version,
+    ) == (TENANT, str(user_id), Role.ANALYST, 3)
     assert principal.expires_at == expires
     assert JwtCodec(OTHER_SECRET, ttl_s=60).verify(token) is None
     assert codec.verify(token[:-2] + "xx") is None
@@ -118,6 +119,9 @@ class _Keys:
     async def verify_api_key(self, secret: str) -> Principal | None:
         return key(Scope.READ) if secret == self.secret else None
 
+    async def verify_user_token(self, token: str, claims: Principal) -> Principal | None:
+        return claims if claims.token_version == 1 else None
+
 
 async def test_credential_verifier_routes_each_kind() -> None:
     secret = new_api_key_secret()
@@ -127,10 +131,13 @@ async def test_credential_verifier_routes_each_kind() -> None:
     api_key_principal = await verifier.verify(secret)
     assert api_key_principal is not None
     assert api_key_principal.type is PrincipalType.API_KEY
-    token, _ = codec.issue(TENANT, uuid.uuid4(), Role.VIEWER)
+    token, _ = codec.issue(TENANT, uuid.uuid4(), Role.VIEWER, 1)
     user_principal = await verifier.verify(token)
     assert user_principal is not None
     assert user_principal.role is Role.VIEWER
+    # A token the store no longer honours (its user's token version moved on).
+    stale, _ = codec.issue(TENANT, uuid.uuid4(), Role.VIEWER, 2)
+    assert await verifier.verify(stale) is None
     assert await verifier.verify("") is None
     assert await verifier.verify("admin-tokenX") is None
     assert await verifier.verify(new_api_key_secret()) is None
