@@ -224,9 +224,9 @@ def render_envoy_config(
                 "name": "envoy.filters.http.grpc_web",
                 "typed_config": {"@type": _TYPE + "extensions.filters.http.grpc_web.v3.GrpcWeb"},
             },
-            # Off by default and switched on only for the REST route (see _routes): the
-            # transcoder does not enforce its own body limit on unary JSON calls, and the
-            # buffer filter answers 413 there, while gRPC streams are never buffered.
+            # Off by default and switched on per route (see _routes): on the REST route,
+            # since the transcoder does not enforce its own body limit on unary JSON calls,
+            # and on unary gRPC methods; streams are never buffered.
             {
                 "name": BUFFER_FILTER,
                 "disabled": True,
