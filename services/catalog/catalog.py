@@ -613,7 +613,8 @@ def _fetch_error(error: FetchError, what: str, field_name: str, url: str) -> Dom
         )
     if error.failure is FetchFailure.ADDRESS_NOT_ALLOWED:
         return InvalidArgument(
-            [FieldViolation(field_name, error.message)], reason=f"{prefix}_ADDRESS_NOT_ALLOWED"
+            [FieldViolation(field_name, f"the {what}'s host is not a public address")],
+            reason=f"{prefix}_ADDRESS_NOT_ALLOWED",
         )
     return FailedPrecondition(
         f"the {what} at {url} could not be fetched: {error.message}",
