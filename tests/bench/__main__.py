@@ -15,6 +15,7 @@ import sys
 BENCHMARKS = (
     "tests.bench.counting",
     "tests.bench.catalog",
+    "tests.bench.catalog_import_isolation",
     "tests.bench.analytics_ingest",
     "tests.bench.analytics_queries",
 )
@@ -27,6 +28,8 @@ SUMMARY = (
     "query_p95_ms",
     "query_p99_ms",
     "analytics_peak_rss_mb",
+    "import_slowdown_p50_ratio",
+    "import_slowdown_p95_ratio",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 
