@@ -222,9 +222,13 @@ class Fetcher:
             host_header = f"[{host}]" if parts.port is None else f"[{host}]:{parts.port}"
         # TLS still names (and verifies) the host, not the address.
         extensions = {"sni_hostname": host} if scheme == "https" else {}
-        return client.build_request(
-            "GET", pinned, headers={"host": host_header}, extensions=extensions
-        )
+        try:
+            return client.build_request(
+                "GET", pinned, headers={"host": host_header}, extensions=extensions
+            )
+        except httpx.InvalidURL as error:
+            # A redirect may name anything, control characters included.
+            raise FetchError(FetchFailure.UNREACHABLE, f"{error}", "url") from None
 
     async def _checked_address(self, host: str, port: int) -> IPAddress:
         try:

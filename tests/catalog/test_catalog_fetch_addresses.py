@@ -181,3 +181,11 @@ async def test_refusals_never_say_what_the_host_resolves_to(url: str) -> None:
     assert error.value.failure is FetchFailure.ADDRESS_NOT_ALLOWED
     for leaked in ("127.0.0.1", "::1", "169.254", "a9fe", "resolves"):
         assert leaked not in error.value.message
+
+
+@pytest.mark.parametrize("character", ["\x00", "\x01", "\x7f"])
+async def test_control_characters_in_a_url_fail_the_fetch(character: str) -> None:
+    fetcher = Fetcher(timeout_s=2, max_redirects=0, address_allowed=lambda _: True)
+    with pytest.raises(FetchError) as error:
+        await fetcher.fetch(f"http://127.0.0.1:1/feed{character}.xml", 1000)
+    assert (error.value.failure, error.value.cause) == (FetchFailure.UNREACHABLE, "url")

@@ -78,3 +78,27 @@ async def test_a_feed_of_nothing_but_nul_is_refused_not_internal(
     assert error_info(raised.value).reason == "FEED_INVALID"
     listed = await catalog.ListPodcasts(pb.ListPodcastsRequest(), metadata=bearer(tenant.owner_key))
     assert list(listed.podcasts) == []
+
+
+@pytest.mark.parametrize("character", ["\x01", "\x1f", "\x7f"])
+async def test_control_characters_in_the_feed_url_are_invalid_not_internal(
+    catalog: Stub, feeds: FeedServer, tenant: TenantHandle, character: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await catalog.ImportFeed(
+            pb.ImportFeedRequest(feed_url=feeds.url(f"/feed{character}.xml")),
+            metadata=bearer(tenant.owner_key),
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(raised.value).reason == "INVALID_ARGUMENT"
+
+
+async def test_media_urls_with_control_characters_are_skipped(
+    catalog: Stub, tenant: TenantHandle
+) -> None:
+    body = fixture("nul.xml").replace(b"null-1.mp3", b"null-\x01.mp3")
+    result = await catalog.ImportFeed(
+        pb.ImportFeedRequest(feed_body=body), metadata=bearer(tenant.owner_key)
+    )
+    assert (result.created_episode_count, result.skipped_item_count) == (3, 1)
+    assert any(w.item == "null-1" and "not an http(s) URL" in w.message for w in result.warnings)
