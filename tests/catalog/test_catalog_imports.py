@@ -9,7 +9,7 @@ import pytest
 
 from services.catalog.feeds import parse_feed
 from services.catalog.imports import ImportGate, Offload, Offloader
-from services.shared.errors import InvalidArgument, ResourceExhausted
+from services.shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tests.catalog.support import generated_feed
 
 
@@ -49,3 +49,12 @@ async def test_offloaded_work_runs_off_the_loop_and_keeps_its_errors(mode: Offlo
         await offloader.run(parse_feed, b"<html><body>not a feed</body></html>")
     assert raised.value.reason == "NOT_A_FEED"
     assert [v.field for v in raised.value.violations] == ["feed"]
+
+
+async def test_a_dead_worker_is_unavailable_once_then_replaced() -> None:
+    offloader = Offloader("process", 1)
+    with pytest.raises(Unavailable) as raised:
+        await offloader.run(os._exit, 1)
+    assert raised.value.reason == "FEED_WORKER_RESTARTED"
+    parsed = await offloader.run(parse_feed, generated_feed(1))
+    assert [item.guid for item in parsed.items] == ["gen-0"]
