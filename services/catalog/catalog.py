@@ -38,7 +38,8 @@ from services.catalog.feeds import (
     transcript_text,
 )
 from services.catalog.fetch import Fetcher, FetchError, FetchFailure
-from services.catalog.importer import merge_podcast, plan_episodes
+from services.catalog.importer import merge_podcast, prepare_episodes
+from services.catalog.imports import ImportGate, Offloader
 from services.catalog.text import (
     add_terms,
     correctable,
@@ -108,11 +109,16 @@ class Catalog:
         page_tokens: PageTokens,
         fetcher: Fetcher,
         settings: CatalogSettings,
+        offloader: Offloader,
     ) -> None:
         self._db = db
         self._tokens = page_tokens
         self._fetcher = fetcher
         self._settings = settings
+        self._offloader = offloader
+        self._imports = ImportGate(
+            per_tenant=settings.imports_per_tenant, total=settings.imports_max_concurrent
+        )
 
     # Podcasts
 
@@ -413,12 +419,20 @@ class Catalog:
         podcast_id: uuid.UUID | None,
         validate_only: bool,
     ) -> ImportResult:
-        # feedparser is pure Python and takes about a second per thousand items:
-        # in a thread, the other RPCs of this process are not held up meanwhile.
-        parsed = await asyncio.to_thread(parse_feed, await self._feed_body(source))
+        with self._imports.admit(tenant_id):
+            return await self._import_feed(tenant_id, source, podcast_id, validate_only)
+
+    async def _import_feed(
+        self,
+        tenant_id: uuid.UUID,
+        source: FeedSource,
+        podcast_id: uuid.UUID | None,
+        validate_only: bool,
+    ) -> ImportResult:
+        parsed = await self._offloader.run(parse_feed, await self._feed_body(source))
         async with self._db.tenant_transaction(tenant_id) as conn:
-            # Imports of one tenant take turns: two imports of one new feed must
-            # not both create its podcast.
+            # Imports of one tenant take turns (here and in other catalog
+            # processes): two imports of one new feed must not both create its podcast.
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                 f"catalog-import:{tenant_id}",
@@ -473,7 +487,10 @@ class Catalog:
         current = await _podcast_for_import(conn, podcast_id, feed_url, parsed, owners)
         existing = await repo.podcast_episodes(conn, current.id) if current else []
         podcast = validate_podcast(merge_podcast(current, parsed.channel, feed_url))
-        plan = plan_episodes(podcast.id, [e for e, _, _ in existing], parsed.items, owners)
+        prepared = await self._offloader.run(
+            prepare_episodes, podcast.id, [e for e, _, _ in existing], parsed.items, owners
+        )
+        plan = prepared.plan
         changes = _TermChanges()
         words = text_terms(podcast.title, podcast.description)
         if current is None:
@@ -484,18 +501,16 @@ class Catalog:
             await repo.update_podcast(conn, podcast, words)
             changes.add(podcast.id, term_delta(old_words, words))
         inserts: list[tuple[Episode, repo.Terms, repo.Terms]] = []
-        for episode in plan.creates:
-            said = text_terms(episode.title, episode.description)
+        for episode, said in zip(plan.creates, prepared.created_terms, strict=True):
             inserts.append((episode, said, {}))
             changes.add(podcast.id, said)
         stored = {episode.id: (said, spoken) for episode, said, spoken in existing}
         # Updates first: an episode moving off a URL frees it for a new one.
         for old, new in plan.updates:
             old_words, old_spoken = stored[old.id]
-            episode_words: repo.Terms | None = None
+            episode_words = prepared.updated_terms.get(new.id)
             new_spoken: repo.Terms | None = None
-            if (old.title, old.description) != (new.title, new.description):
-                episode_words = text_terms(new.title, new.description)
+            if episode_words is not None:
                 changes.add(podcast.id, term_delta(old_words, episode_words))
             if old.transcript_url != new.transcript_url and old.has_transcript:
                 # The text of the old file goes; the new one is fetched below.
@@ -613,7 +628,8 @@ def _fetch_error(error: FetchError, what: str, field_name: str, url: str) -> Dom
         )
     if error.failure is FetchFailure.ADDRESS_NOT_ALLOWED:
         return InvalidArgument(
-            [FieldViolation(field_name, error.message)], reason=f"{prefix}_ADDRESS_NOT_ALLOWED"
+            [FieldViolation(field_name, f"the {what}'s host is not a public address")],
+            reason=f"{prefix}_ADDRESS_NOT_ALLOWED",
         )
     return FailedPrecondition(
         f"the {what} at {url} could not be fetched: {error.message}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.catalog.imports import Offload
 from services.shared.config import Settings
 
 MIB = 1024 * 1024
@@ -22,3 +23,12 @@ class CatalogSettings(Settings):
     transcript_max_bytes: int = 2 * MIB
     # All transcript fetches of one import together.
     transcript_budget_s: float = 8.0
+    # Imports of one tenant running at once; more are refused (RESOURCE_EXHAUSTED,
+    # IMPORT_IN_PROGRESS) until one finishes.
+    imports_per_tenant: int = 1
+    # Imports of all tenants running at once in one catalog process; more are
+    # refused (RESOURCE_EXHAUSTED, IMPORTS_BUSY). Also the number of feed workers.
+    imports_max_concurrent: int = 2
+    # Where feeds are parsed and imports planned, off the event loop: "process"
+    # (worker processes) or "thread" (which still holds the GIL from the loop).
+    feed_offload: Offload = "process"

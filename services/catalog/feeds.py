@@ -61,6 +61,12 @@ _EPISODE_TYPES = {
     "bonus": EpisodeType.BONUS,
 }
 _PODCAST_TYPES = {"episodic": PodcastType.EPISODIC, "serial": PodcastType.SERIAL}
+# What a PostgreSQL text column cannot hold: NUL, and unpaired surrogates (no
+# UTF-8 form), which feedparser returns for a raw NUL byte or "&#0;".
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# A numeric character reference, on the raw bytes: feedparser raises (rather
+# than replaces) on one naming a surrogate, so those are changed before it runs.
+_CHAR_REF = re.compile(rb"&#(?:[xX]([0-9a-fA-F]{1,8})|([0-9]{1,10}));")
 _SECONDS = re.compile(r"^(\d+)(?:\.(\d+))?$")
 _CLOCK = re.compile(r"^(\d+):(\d{1,2})(?::(\d{1,2}))?(?:\.(\d+))?$")
 # Cleanest text first: plain text and JSON segments need no cue cleaning, HTML the most.
@@ -470,10 +476,19 @@ def _item(entry: Mapping[str, Any], tree: _Tree | None, warnings: _Warnings) -> 
 
 def parse_feed(body: bytes) -> ParsedFeed:
     """The channel and its importable items, or InvalidArgument (NOT_A_FEED,
-    FEED_INVALID). Items that cannot be imported are skipped with a warning."""
-    # A file object, never bytes or str: feedparser.parse() opens a string that
-    # names a file or URL, which would let a feed body read the server's files.
-    parsed = feedparser.parse(io.BytesIO(body))
+    FEED_INVALID). Items that cannot be imported are skipped with a warning.
+    Characters PostgreSQL cannot store are removed from the feed's text, with
+    a warning for the channel or item they were in."""
+    body = _surrogate_refs_as_nul(body)
+    try:
+        # A file object, never bytes or str: feedparser.parse() opens a string that
+        # names a file or URL, which would let a feed body read the server's files.
+        parsed = feedparser.parse(io.BytesIO(body))
+    except UnicodeError:
+        # Surrogates the byte scan cannot see: UTF-16 or UTF-32 documents.
+        raise InvalidArgument.field(
+            "feed", "the feed names characters that do not exist", reason="FEED_INVALID"
+        ) from None
     if not parsed.get("version"):
         raise InvalidArgument.field(
             "feed",
@@ -484,11 +499,17 @@ def parse_feed(body: bytes) -> ParsedFeed:
     tree = _read_tree(body)
     if tree is None and parsed.get("bozo"):
         warnings.add("", f"not well-formed XML ({parsed.get('bozo_exception')}); read leniently")
-    channel = _channel(parsed.get("feed") or {}, tree, warnings)
+    feed = parsed.get("feed") or {}
+    if _make_storable(feed):
+        warnings.add("", _STRIPPED)
+    channel = _channel(feed, tree, warnings)
     items: list[FeedItem] = []
     seen_guids: set[str] = set()
     skipped = 0
     for entry in parsed.get("entries") or []:
+        # Before anything reads the entry: its GUID must be the one stored.
+        if _make_storable(entry):
+            warnings.add(_label(entry), _STRIPPED)
         try:
             item = _item(entry, tree, warnings)
             if item.guid in seen_guids:
@@ -502,6 +523,50 @@ def parse_feed(body: bytes) -> ParsedFeed:
     return ParsedFeed(channel=channel, items=items, skipped=skipped, warnings=warnings.items)
 
 
+_STRIPPED = "removed NUL or unpaired surrogate characters, which cannot be stored"
+
+
+def storable(text: str) -> str:
+    """`text` without the characters PostgreSQL text cannot hold."""
+    return _UNSTORABLE.sub("", text)
+
+
+def _surrogate_refs_as_nul(body: bytes) -> bytes:
+    """Turns references to surrogates into "&#0;", which feedparser reads (as
+    NUL, removed with the rest) where it raises on a surrogate."""
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        hex_digits, decimal = match.groups()
+        code = int(hex_digits, 16) if hex_digits else int(decimal)
+        return b"&#0;" if 0xD800 <= code <= 0xDFFF else match.group(0)
+
+    return _CHAR_REF.sub(replace, body) if b"&#" in body else body
+
+
+def _make_storable(value: Any) -> bool:
+    """Removes unstorable characters from every string in feedparser's nested
+    dicts and lists, in place; says whether there were any."""
+    changed = False
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if isinstance(inner, str):
+                if _UNSTORABLE.search(inner):
+                    # dict's own __setitem__: FeedParserDict's renames keys.
+                    dict.__setitem__(value, key, storable(inner))
+                    changed = True
+            elif isinstance(inner, dict | list):
+                changed = _make_storable(inner) or changed
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            if isinstance(inner, str):
+                if _UNSTORABLE.search(inner):
+                    value[index] = storable(inner)
+                    changed = True
+            elif isinstance(inner, dict | list):
+                changed = _make_storable(inner) or changed
+    return changed
+
+
 # Transcripts
 
 
@@ -510,7 +575,7 @@ def transcript_text(body: bytes, content_type: str, url: str) -> str:
     or HTML); ValueError when it is none of them."""
     kind = content_type.split(";")[0].strip().lower()
     suffix = PurePosixPath(urlsplit(url).path).suffix.lower()
-    text = body.decode("utf-8", errors="replace").lstrip("\ufeff")
+    text = storable(body.decode("utf-8", errors="replace").lstrip("\ufeff"))
     if kind == "application/json" or suffix == ".json":
         try:
             document = json.loads(text)
@@ -518,6 +583,8 @@ def transcript_text(body: bytes, content_type: str, url: str) -> str:
             text = " ".join(str(s.get("body", "")) for s in segments if isinstance(s, dict))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ValueError("not a Podcasting 2.0 JSON transcript") from None
+        # JSON escapes (\u0000, \ud800) make what the bytes did not hold.
+        text = storable(text)
     elif kind in ("text/vtt", "application/x-subrip", "application/srt") or suffix in (
         ".vtt",
         ".srt",

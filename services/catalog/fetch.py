@@ -49,12 +49,88 @@ class Fetched:
     url: str
 
 
+# Special-purpose ranges ipaddress still counts as global. 192.0.0.0/24 holds
+# protocol anycasts; 192.88.99.0/24 was the deprecated 6to4 relay anycast.
+_NOT_PUBLIC_V4 = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "192.88.99.0/24"))
+_NOT_PUBLIC_V6 = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        # IPv4-compatible (deprecated, RFC 4291): ::a.b.c.d.
+        "::/96",
+        # IPv4-translated (SIIT, RFC 2765): ::ffff:0:a.b.c.d.
+        "::ffff:0:0:0/96",
+        # Local-use NAT64 (RFC 8215): translated by a NAT64 inside the network.
+        "64:ff9b:1::/48",
+        # Discard-only (RFC 6666).
+        "100::/64",
+        # Teredo: the server and client are IPv4 addresses, the client obfuscated.
+        "2001::/32",
+        # Documentation (RFC 3849, RFC 9637).
+        "2001:db8::/32",
+        "3fff::/20",
+        # The 6bone test network, returned in 2006.
+        "3ffe::/16",
+        # Segment routing SIDs (RFC 9602).
+        "5f00::/16",
+        # Site-local (deprecated, RFC 3879).
+        "fec0::/10",
+    )
+)
+# Well-known NAT64 (RFC 6052): a NAT64 gateway connects to the embedded IPv4.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# ISATAP interface identifiers (RFC 5214): 0000:5efe or 0200:5efe, then the IPv4
+# address, whatever the prefix; the u and g bits may be set.
+_ISATAP_MASK = 0xFCFFFFFF
+_ISATAP_ID = 0x00005EFE
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (IPv4-mapped, -compatible and
+    -translated, NAT64, 6to4, Teredo server and client, ISATAP), which a
+    translator, tunnel or dual-stack socket would connect to."""
+    value = int(address)
+    low = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if value >> 32 == 0 or value >> 32 == 0xFFFF0000 or address in _NAT64:
+        found.append(low)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if (value >> 32) & _ISATAP_MASK == _ISATAP_ID:
+        found.append(low)
+    return found
+
+
+def _public_v4(address: ipaddress.IPv4Address) -> bool:
+    return (
+        address.is_global
+        and not address.is_multicast
+        and not any(address in net for net in _NOT_PUBLIC_V4)
+    )
+
+
 def is_public(address: IPAddress) -> bool:
     """Whether an address is on the public internet (not private, loopback,
-    link-local, shared, reserved or multicast): the default policy."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
+    link-local, shared, reserved, deprecated, documentation or multicast, nor
+    an IPv6 form of such an IPv4 address): the default policy."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return _public_v4(address)
+    embedded = embedded_ipv4(address)
+    if not all(_public_v4(v4) for v4 in embedded):
+        return False
+    if address.ipv4_mapped is not None or address in _NAT64:
+        # A socket or NAT64 gateway connects to the IPv4 address itself.
+        return True
+    return (
+        address.is_global
+        and not address.is_multicast
+        and not address.is_reserved
+        and not address.is_site_local
+        and not any(address in net for net in _NOT_PUBLIC_V6)
+    )
 
 
 def any_address(address: IPAddress) -> bool:
@@ -146,9 +222,13 @@ class Fetcher:
             host_header = f"[{host}]" if parts.port is None else f"[{host}]:{parts.port}"
         # TLS still names (and verifies) the host, not the address.
         extensions = {"sni_hostname": host} if scheme == "https" else {}
-        return client.build_request(
-            "GET", pinned, headers={"host": host_header}, extensions=extensions
-        )
+        try:
+            return client.build_request(
+                "GET", pinned, headers={"host": host_header}, extensions=extensions
+            )
+        except httpx.InvalidURL as error:
+            # A redirect may name anything, control characters included.
+            raise FetchError(FetchFailure.UNREACHABLE, f"{error}", "url") from None
 
     async def _checked_address(self, host: str, port: int) -> IPAddress:
         try:
@@ -161,7 +241,9 @@ class Fetcher:
         if refused:
             raise FetchError(
                 FetchFailure.ADDRESS_NOT_ALLOWED,
-                f"{host} resolves to {refused[0]}, which is not a public internet address",
+                # Never which address: that would tell a caller what an internal
+                # name resolves to.
+                "the host is not a public internet address",
             )
         return addresses[0]
 

@@ -11,6 +11,7 @@ so an import keeps them.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,6 +24,7 @@ from services.catalog.domain import (
     with_media_facts,
 )
 from services.catalog.feeds import FeedChannel, FeedItem, FeedWarning
+from services.catalog.text import text_terms
 from services.catalog.urls import normalize_media_url
 
 
@@ -35,6 +37,15 @@ class EpisodePlan:
     missing: int = 0
     skipped: int = 0
     warnings: list[FeedWarning] = field(default_factory=list)
+
+
+@dataclass
+class PreparedEpisodes:
+    plan: EpisodePlan
+    # The term counts of each created episode, in plan.creates order.
+    created_terms: list[Counter[str]]
+    # The new term counts of updated episodes whose title or description changed.
+    updated_terms: dict[uuid.UUID, Counter[str]]
 
 
 def merge_podcast(current: Podcast | None, channel: FeedChannel, feed_url: str) -> Podcast:
@@ -154,3 +165,23 @@ def plan_episodes(
             plan.unchanged += 1
     plan.missing = len(existing) - len(matched)
     return plan
+
+
+def prepare_episodes(
+    podcast_id: uuid.UUID,
+    existing: Sequence[Episode],
+    items: Sequence[FeedItem],
+    url_owners: Mapping[str, tuple[uuid.UUID, uuid.UUID]],
+) -> PreparedEpisodes:
+    """The plan and the term counts it needs: an import's CPU work, in one call
+    so it can run away from the event loop."""
+    plan = plan_episodes(podcast_id, existing, items, url_owners)
+    return PreparedEpisodes(
+        plan=plan,
+        created_terms=[text_terms(e.title, e.description) for e in plan.creates],
+        updated_terms={
+            new.id: text_terms(new.title, new.description)
+            for old, new in plan.updates
+            if (old.title, old.description) != (new.title, new.description)
+        },
+    )

@@ -30,6 +30,7 @@ from services.shared.errors import AlreadyExists
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 Terms = Mapping[str, int]
+_INSERT_CHUNK = 500
 
 _PODCAST_COLUMNS = """podcast_id, title, author, description, categories, language, feed_url,
     artwork_url, website_url, owner_name, owner_email, explicit, podcast_type, podcast_guid,
@@ -523,10 +524,13 @@ async def insert_episodes(
     tenant_id: uuid.UUID,
     episodes: Sequence[tuple[Episode, Terms, Terms]],
 ) -> None:
-    if episodes:
-        with unique_as_already_exists():
+    # In chunks: encoding the arguments is CPU work on the event loop, and
+    # between chunks the loop serves other calls.
+    with unique_as_already_exists():
+        for start in range(0, len(episodes), _INSERT_CHUNK):
+            chunk = episodes[start : start + _INSERT_CHUNK]
             await conn.executemany(
-                _INSERT_EPISODE, [_insert_args(tenant_id, *entry) for entry in episodes]
+                _INSERT_EPISODE, [_insert_args(tenant_id, *entry) for entry in chunk]
             )
 
 

@@ -8,6 +8,7 @@ from podmesh.catalog.v1 import catalog_pb2_grpc
 from services.catalog.catalog import Catalog
 from services.catalog.config import CatalogSettings
 from services.catalog.fetch import Fetcher, any_address, is_public
+from services.catalog.imports import Offloader
 from services.catalog.permissions import RULES, SERVICE, inputs
 from services.catalog.servicer import CatalogServicer
 from services.shared.server import Resources, ServiceDefinition
@@ -21,7 +22,8 @@ async def register(server: aio.Server, resources: Resources) -> None:
         max_redirects=settings.feed_max_redirects,
         address_allowed=any_address if settings.feed_allow_private_addresses else is_public,
     )
-    catalog = Catalog(resources.db, resources.page_tokens, fetcher, settings)
+    offloader = Offloader(settings.feed_offload, settings.imports_max_concurrent)
+    catalog = Catalog(resources.db, resources.page_tokens, fetcher, settings, offloader)
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server)
 
 

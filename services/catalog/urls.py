@@ -60,7 +60,10 @@ _BY_HOST = {host: prefix for prefix in TRACKING_PREFIXES for host in prefix.host
 
 def is_http_url(value: str) -> bool:
     """An absolute http(s) URL with a host, as feeds and media files must be."""
-    if not value or len(value) > MAX_URL_LENGTH or any(c.isspace() for c in value):
+    if not value or len(value) > MAX_URL_LENGTH:
+        return False
+    # Whitespace and control characters (NUL included) are never part of a URL.
+    if any(c.isspace() or c < " " or c == "\x7f" for c in value):
         return False
     try:
         parts = urlsplit(value)

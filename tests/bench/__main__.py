@@ -15,6 +15,7 @@ import sys
 BENCHMARKS = (
     "tests.bench.counting",
     "tests.bench.catalog",
+    "tests.bench.catalog_import_isolation",
     "tests.bench.analytics_ingest",
     "tests.bench.analytics_queries",
     "tests.bench.strict_input",
@@ -31,6 +32,8 @@ SUMMARY = (
     "analytics_peak_rss_mb",
     "strict_json_on_vs_off_ratio",
     "strict_json_check_cpu_us_per_record",
+    "import_slowdown_p50_ratio",
+    "import_slowdown_p95_ratio",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 
