@@ -28,6 +28,11 @@ byte intervals, the first request's time and country, the listener's
 User-Agent classification, whether a 200 response was seen, whether it was
 counted and which ad slots were reported. A rolling window also keeps its
 requests' (time, country, interval) because a late request can split it.
+The classification is the first request's, Referer included (a browser's web
+player); rolling windows take it from the earliest request of the batch that
+drew them, since their pieces keep no Referer: a browser listener whose
+Referer changes inside one rolling window may name another web player than
+the batch function would.
 :meth:`WindowState.to_dict` / :meth:`WindowState.from_dict` make it JSON;
 ``changed_windows`` and ``dropped_windows`` in each delta say what to upsert
 and delete, in the same transaction as the delta, for exactly-once counts.
@@ -332,7 +337,7 @@ class DownloadAccumulator:
                     start,
                     time_us,
                     request.country,
-                    classify(request.user_agent),
+                    classify(request.user_agent, request.referer),
                     rolling=False,
                 )
                 windows[key] = state
@@ -341,6 +346,7 @@ class DownloadAccumulator:
             ):
                 state.first_us = time_us
                 state.first_country = request.country
+                state.info = classify(request.user_agent, request.referer)
             facts = media.get(request.episode_id)
             interval = served_interval(
                 request.range_header,
@@ -402,10 +408,12 @@ class DownloadAccumulator:
             if entry is None:
                 pending[key] = (request, [piece])
             else:
+                if time_us < entry[0].time_us:
+                    pending[key] = (request, entry[1])
                 entry[1].append(piece)
             delta.applied_requests += 1
         for key, (example, pieces) in pending.items():
-            info = classify(example.user_agent)
+            info = classify(example.user_agent, example.referer)
             self._rechain(key, example.household_id, info, pieces, media, delta)
 
     def _rechain(
