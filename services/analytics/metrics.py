@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from services.analytics import insights
 from services.analytics import metrics_repository as repo
 from services.analytics.buckets import DAY, day_start, local_date, time_zone
+from services.analytics.counting import default_classifier
 from services.analytics.metrics_repository import ReleaseSpan
 from services.analytics.peers import CatalogReleases, ClockSource, Metadata
 from services.analytics.reports import (
@@ -115,7 +116,9 @@ class MetricsReader:
         return await self._clocks.clock(tenant_id)
 
     def _methodology(self, clock: TenantClock, bucket_zone: str) -> Methodology:
-        return methodology(clock, bucket_zone, datetime.now(UTC), self._url)
+        return methodology(
+            clock, bucket_zone, datetime.now(UTC), self._url, default_classifier().version
+        )
 
     async def query(
         self,

@@ -371,7 +371,7 @@ async def _rebuild_day(
         downloads = [d for w in windows if (d := w.download) is not None]
         ads = [ad for w in windows for ad in _ads(w)]
         # Plain inserts: the day's cubes are recomputed from these rows below.
-        await insert_downloads(conn, tenant_id, downloads, podcasts)
+        await insert_downloads(conn, tenant_id, downloads, podcasts, rules.classifier.version)
         await insert_ads(conn, tenant_id, ads, podcasts)
         outcome.after += len(downloads)
         await _write_states(conn, tenant_id, windows, plan.watermark_us)
@@ -390,7 +390,8 @@ async def _raw_requests(
     rows = await conn.fetch(
         """
         SELECT request_id, request_time, episode_id, listener_id, household_id, user_agent,
-            http_method, status_code, range_header, bytes_served, country_code, ip_excluded
+            http_method, status_code, range_header, bytes_served, country_code, ip_excluded,
+            referer
         FROM listener_requests
         WHERE request_time >= $1 AND request_time < $2 AND episode_id = ANY($3)
         ORDER BY request_time, request_id
@@ -413,6 +414,7 @@ async def _raw_requests(
             r[9],
             r[10] or UNKNOWN_COUNTRY,
             r[11],
+            r[12],
         )
         for r in rows
     ]
