@@ -442,8 +442,10 @@ async def _write_states(
     windows: Sequence[WindowState],
     watermark_us: int,
 ) -> None:
-    """States of the windows ingestion may still add to (older ones are never read)."""
-    open_windows = [w for w in windows if w.start_us + DAY_US + HOUR_US > watermark_us]
+    """States of the windows ingestion may still add to or check late requests against
+    (a rolling window closed up to a day before the watermark tells a request in it
+    from one opening a window of its own); older ones are never read."""
+    open_windows = [w for w in windows if w.start_us + 2 * DAY_US + HOUR_US > watermark_us]
     if not open_windows:
         return
     await conn.execute(

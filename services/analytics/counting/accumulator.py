@@ -38,9 +38,11 @@ the batch function would.
 and delete, in the same transaction as the delta, for exactly-once counts.
 
 Memory stays bounded with :meth:`~DownloadAccumulator.evict`: windows ending
-at or before a watermark are dropped, and requests that would belong to them
-are reported as ``late_requests`` rather than counted (the rebuild command
-counts them from raw requests).
+at or before a watermark are dropped, and requests that would belong to a
+window ending at or before it are reported as ``late_requests`` rather than
+counted (the rebuild command counts them from raw requests). The window is
+what decides, not the request's own time: with rolling windows, a request a
+little older than the watermark opens a window that is still open.
 """
 
 from __future__ import annotations
@@ -259,8 +261,9 @@ class DownloadAccumulator:
     def evict(self, watermark_us: int) -> list[WindowState]:
         """Drops windows that end at or before ``watermark_us``; returns them.
 
-        From then on, countable requests that would fall in such windows are
-        ``late_requests``. The watermark never moves back.
+        From then on, countable requests that would fall in a window ending at
+        or before the watermark (open, closed or yet to be opened) are
+        ``late_requests``; all others count. The watermark never moves back.
         """
         if self._watermark_us is not None and watermark_us < self._watermark_us:
             watermark_us = self._watermark_us
@@ -324,12 +327,12 @@ class DownloadAccumulator:
                 continue
             time_us = request.time_us
             start, end = bounds(time_us)
+            if watermark is not None and end <= watermark:
+                late += 1
+                continue
             key = (request.listener_id, request.episode_id, start)
             state = windows.get(key)
             if state is None:
-                if watermark is not None and end <= watermark:
-                    late += 1
-                    continue
                 state = WindowState(
                     request.listener_id,
                     request.household_id,
@@ -386,11 +389,20 @@ class DownloadAccumulator:
                 continue
             time_us = request.time_us
             key = (request.listener_id, request.episode_id)
-            if (
-                watermark is not None
-                and time_us < watermark
-                and not any(
-                    w.start_us <= time_us < w.start_us + DAY_US for w in self._rolling.get(key, ())
+            # Late when the window the request falls in closed at or before the
+            # watermark: an open window's, else the one it opens, which ends 24 hours
+            # after it (so it is late when that is, and only then). A closed window
+            # covering it is among the loaded ones: ingestion loads every stored
+            # window that started in the 24 hours before, and keeps windows 48
+            # hours past the watermark.
+            if watermark is not None and (
+                time_us + DAY_US <= watermark
+                or (
+                    time_us < watermark
+                    and any(
+                        w.start_us <= time_us < w.start_us + DAY_US <= watermark
+                        for w in self._rolling.get(key, ())
+                    )
                 )
             ):
                 delta.late_requests += 1
