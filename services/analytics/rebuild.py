@@ -1,5 +1,8 @@
 """RebuildCounts: a tenant's downloads, ad deliveries, rollups and listener sketches
 recomputed from raw requests over a time range, e.g. after a rule or catalog change.
+It is also how a new version of the User-Agent lists reaches the past: rebuilt
+downloads are classified, filtered and stamped (`downloads.user_agent_lists`) with
+the version the service runs, while downloads outside the range keep theirs.
 
 The range is widened to whole counting days (the tenant's calendar for day windows,
 UTC days for rolling windows) and rebuilt one day at a time, each day in its own
