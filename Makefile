@@ -20,7 +20,7 @@ BOOTSTRAP_PYTHON := $(shell \
 	elif python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then echo python3; \
 	fi)
 
-.PHONY: help venv lock check-lock system-deps bench-deps gen run test pytest lint lint-proto typecheck fmt bench clean
+.PHONY: help venv lock check-lock system-deps bench-deps gen run test pytest lint lint-proto typecheck fmt bench update-user-agents clean
 
 help:
 	@echo "make run        start the platform on 127.0.0.1 (gateway :8080) until Ctrl-C"
@@ -32,6 +32,7 @@ help:
 	@echo "make gen        Python stubs and the Envoy descriptor set from proto/"
 	@echo "make lock       resolve pyproject.toml again into requirements.lock (with hashes)"
 	@echo "make bench      benchmarks (python -m tests.bench)"
+	@echo "make update-user-agents  fetch the newest OPAWG user-agents-v2 lists (needs internet)"
 	@echo "make clean      remove .venv, gen, .build and .run"
 
 system-deps:
@@ -119,6 +120,31 @@ bench: bench-deps venv gen
 	else \
 		echo "no benchmarks yet (tests/bench)"; \
 	fi
+
+# The OPAWG user-agents-v2 lists counting classifies with are shipped as data (with their
+# licence and upstream commit); this replaces them with upstream's newest. Fails fast
+# where GitHub is unreachable (our machines): the shipped copy then stays as it is.
+OPAWG_REPO := https://github.com/opawg/user-agents-v2.git
+OPAWG_DIR := services/analytics/counting/opawg
+OPAWG_TIMEOUT_S := 30
+update-user-agents:
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	if ! GIT_TERMINAL_PROMPT=0 timeout $(OPAWG_TIMEOUT_S) \
+		git clone --quiet --depth 1 "$(OPAWG_REPO)" "$$tmp/lists" 2>"$$tmp/error"; then \
+		echo "update-user-agents: could not fetch $(OPAWG_REPO) within $(OPAWG_TIMEOUT_S) s" \
+			"(no internet access here?); $(OPAWG_DIR) is unchanged." >&2; \
+		sed 's/^/  git: /' "$$tmp/error" >&2; \
+		exit 1; \
+	fi; \
+	for name in apps bots browsers devices libraries referrers; do \
+		cp "$$tmp/lists/src/$$name.json" "$(OPAWG_DIR)/"; \
+	done; \
+	cp "$$tmp/lists/schemas/patterns.schema.json" "$$tmp/lists/LICENSE" "$(OPAWG_DIR)/"; \
+	git -C "$$tmp/lists" rev-parse HEAD > "$(OPAWG_DIR)/COMMIT"; \
+	echo "OPAWG lists now at $$(cat "$(OPAWG_DIR)/COMMIT"). Check them with"; \
+	echo "  make pytest PYTEST_ARGS='tests/analytics/test_opawg_lists.py'"; \
+	echo "then commit; downloads counted from then on record the new version, and"; \
+	echo "RebuildCounts applies it to the past."
 
 clean:
 	@# Stops leftovers of killed runs first; refuses while a `make run` is up.

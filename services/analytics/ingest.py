@@ -163,10 +163,12 @@ class Ingestor:
         dropped = await self._store.drop_partitions_before(
             today - self._settings.raw_retention_days
         )
-        # A window that started this long ago ended (25 hours at most) before the
-        # watermark ingestion uses from now on, so no batch reads its state again.
+        # A window that started this long ago ended (25 hours at most) a day before
+        # the watermark ingestion uses from now on: no request it could still count
+        # falls in it (a rolling window it would open ends after the watermark), and
+        # none falls in a window starting before it, which late checks must see.
         pruned = await self._store.prune_states_before(
-            now_us - (self._settings.counting_grace_hours + 26) * HOUR_US
+            now_us - (self._settings.counting_grace_hours + 50) * HOUR_US
         )
         log.info(
             "ingestion upkeep",

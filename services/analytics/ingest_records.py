@@ -365,6 +365,7 @@ async def check_batch(
                 bytes_served,
                 country or UNKNOWN_COUNTRY,
                 excluded,
+                referer,
             )
         )
     return batch

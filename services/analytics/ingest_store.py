@@ -487,7 +487,9 @@ class IngestStore:
         inserted and deleted, so the cubes always add up to the detail tables."""
         ads_gone = await delete_ads(conn, tenant_id, delta.ads_removed)
         downloads_gone = await delete_downloads(conn, tenant_id, delta.downloads_removed)
-        downloads_new = await insert_downloads(conn, tenant_id, delta.downloads_added, podcasts)
+        downloads_new = await insert_downloads(
+            conn, tenant_id, delta.downloads_added, podcasts, counting.rules.classifier.version
+        )
         ads_new = await insert_ads(conn, tenant_id, delta.ads_added, podcasts)
         if not (ads_gone or downloads_gone or downloads_new or ads_new):
             return []
@@ -643,15 +645,17 @@ async def insert_downloads(
     tenant_id: uuid.UUID,
     downloads: list[Download],
     podcasts: Mapping[str, str],
+    user_agent_lists: str,
 ) -> list[Download]:
+    """Stores new downloads with the version of the User-Agent lists that classified them."""
     if not downloads:
         return []
     returned = await conn.fetch(
         """
         INSERT INTO downloads (tenant_id, episode_id, listener_id, window_start, podcast_id,
-            download_time, app, device_class, os, country_code, region_code)
-        SELECT $1, k.*, '' FROM unnest($2::uuid[], $3::bytea[], $4::timestamptz[], $5::uuid[],
-            $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[]) AS k
+            download_time, app, device_class, os, country_code, region_code, user_agent_lists)
+        SELECT $1, k.*, '', $11 FROM unnest($2::uuid[], $3::bytea[], $4::timestamptz[],
+            $5::uuid[], $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[]) AS k
         ON CONFLICT DO NOTHING
         RETURNING episode_id, listener_id, window_start
         """,
@@ -665,6 +669,7 @@ async def insert_downloads(
         [_stored(d.device_class.value, "unknown") for d in downloads],
         [_stored(d.os, UNKNOWN) for d in downloads],
         [_stored(d.country, UNKNOWN_COUNTRY) for d in downloads],
+        user_agent_lists,
     )
     return _affected(downloads, returned, _download_key)
 

@@ -105,18 +105,20 @@ class MetricsReader:
         catalog: CatalogReleases,
         page_tokens: PageTokens,
         methodology_url: str,
+        user_agent_lists: str,
     ) -> None:
         self._db = db
         self._clocks = clocks
         self._catalog = catalog
         self._tokens = page_tokens
         self._url = methodology_url
+        self._user_agent_lists = user_agent_lists
 
     async def clock(self, tenant_id: uuid.UUID) -> TenantClock:
         return await self._clocks.clock(tenant_id)
 
     def _methodology(self, clock: TenantClock, bucket_zone: str) -> Methodology:
-        return methodology(clock, bucket_zone, datetime.now(UTC), self._url)
+        return methodology(clock, bucket_zone, datetime.now(UTC), self._url, self._user_agent_lists)
 
     async def query(
         self,

@@ -1,5 +1,8 @@
 """RebuildCounts: a tenant's downloads, ad deliveries, rollups and listener sketches
 recomputed from raw requests over a time range, e.g. after a rule or catalog change.
+It is also how a new version of the User-Agent lists reaches the past: rebuilt
+downloads are classified, filtered and stamped (`downloads.user_agent_lists`) with
+the version the service runs, while downloads outside the range keep theirs.
 
 The range is widened to whole counting days (the tenant's calendar for day windows,
 UTC days for rolling windows) and rebuilt one day at a time, each day in its own
@@ -371,7 +374,7 @@ async def _rebuild_day(
         downloads = [d for w in windows if (d := w.download) is not None]
         ads = [ad for w in windows for ad in _ads(w)]
         # Plain inserts: the day's cubes are recomputed from these rows below.
-        await insert_downloads(conn, tenant_id, downloads, podcasts)
+        await insert_downloads(conn, tenant_id, downloads, podcasts, rules.classifier.version)
         await insert_ads(conn, tenant_id, ads, podcasts)
         outcome.after += len(downloads)
         await _write_states(conn, tenant_id, windows, plan.watermark_us)
@@ -390,7 +393,8 @@ async def _raw_requests(
     rows = await conn.fetch(
         """
         SELECT request_id, request_time, episode_id, listener_id, household_id, user_agent,
-            http_method, status_code, range_header, bytes_served, country_code, ip_excluded
+            http_method, status_code, range_header, bytes_served, country_code, ip_excluded,
+            referer
         FROM listener_requests
         WHERE request_time >= $1 AND request_time < $2 AND episode_id = ANY($3)
         ORDER BY request_time, request_id
@@ -413,6 +417,7 @@ async def _raw_requests(
             r[9],
             r[10] or UNKNOWN_COUNTRY,
             r[11],
+            r[12],
         )
         for r in rows
     ]
@@ -440,8 +445,10 @@ async def _write_states(
     windows: Sequence[WindowState],
     watermark_us: int,
 ) -> None:
-    """States of the windows ingestion may still add to (older ones are never read)."""
-    open_windows = [w for w in windows if w.start_us + DAY_US + HOUR_US > watermark_us]
+    """States of the windows ingestion may still add to or check late requests against
+    (a rolling window closed up to a day before the watermark tells a request in it
+    from one opening a window of its own); older ones are never read."""
+    open_windows = [w for w in windows if w.start_us + 2 * DAY_US + HOUR_US > watermark_us]
     if not open_windows:
         return
     await conn.execute(

@@ -126,9 +126,12 @@ class Methodology:
     bucket_time_zone: str
     complete_until: datetime
     url: str
+    user_agent_lists: str
 
 
-def methodology(clock: TenantClock, bucket_time_zone: str, now: datetime, url: str) -> Methodology:
+def methodology(
+    clock: TenantClock, bucket_time_zone: str, now: datetime, url: str, user_agent_lists: str
+) -> Methodology:
     """Numbers are final once every window that could still add to them has closed."""
     if clock.counting_window is CountingWindow.ROLLING_24H:
         complete_until = now - DAY
@@ -143,6 +146,7 @@ def methodology(clock: TenantClock, bucket_time_zone: str, now: datetime, url: s
         bucket_time_zone=bucket_time_zone,
         complete_until=complete_until,
         url=url,
+        user_agent_lists=user_agent_lists,
     )
 
 
@@ -514,6 +518,7 @@ def render_csv(report: Report, plan: Plan) -> str:
         f"{plan.buckets.end.astimezone(zone).isoformat()}",
         f"# complete until: {m.complete_until.astimezone(UTC).isoformat()}",
         f"# methodology: {m.url}",
+        f"# user agent lists: {m.user_agent_lists}",
     ]
     out = io.StringIO()
     out.write("\n".join(lines) + "\n")

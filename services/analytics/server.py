@@ -8,6 +8,7 @@ from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 from pydantic import Field
 
+from services.analytics.counting import default_classifier
 from services.analytics.counting_settings import CountingSettingsStore
 from services.analytics.ingest import IngestSettings, build_ingestion
 from services.analytics.metrics import MetricsReader
@@ -43,6 +44,8 @@ async def register(server: aio.Server, resources: Resources) -> None:
         CatalogReleases(resources.channel("catalog")),
         resources.page_tokens,
         settings.methodology_url,
+        # The version ingestion and rebuilds classify with, the process-wide lists.
+        default_classifier().version,
     )
     watcher = LiveWatcher(resources.db, resources.redis, tenants)
     counting_settings = CountingSettingsStore(resources.db)

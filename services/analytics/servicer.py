@@ -92,6 +92,7 @@ def methodology_to_pb(m: Methodology) -> pb.Methodology:
         bucket_time_zone=m.bucket_time_zone,
         complete_until_time=timestamp(m.complete_until),
         methodology_url=m.url,
+        user_agent_lists=m.user_agent_lists,
     )
 
 

@@ -36,6 +36,7 @@ from services.shared.errors import InvalidArgument
 BERLIN = TenantClock("Europe/Berlin", CountingWindow.UTC_DAY)
 START = datetime(2024, 6, 1, tzinfo=UTC)
 URL = "https://example.test/methodology"
+LISTS = "opawg/user-agents-v2@0123abc+podmesh-overlay.1"
 
 
 def query(**overrides: object) -> MetricsQuery:
@@ -58,7 +59,7 @@ def sketch(*listeners: str) -> bytes:
 
 
 def method(bucket_zone: str = "UTC") -> Methodology:
-    return methodology(BERLIN, bucket_zone, datetime(2024, 6, 10, 12, tzinfo=UTC), URL)
+    return methodology(BERLIN, bucket_zone, datetime(2024, 6, 10, 12, tzinfo=UTC), URL, LISTS)
 
 
 @pytest.mark.parametrize(
@@ -256,6 +257,7 @@ def test_csv_has_the_methodology_in_comments_and_one_row_per_point() -> None:
     assert "# counting window: calendar day in UTC" in comments
     assert "# bucket time zone: Europe/Berlin" in comments
     assert f"# methodology: {URL}" in comments
+    assert f"# user agent lists: {LISTS}" in comments
     data = list(
         csv.reader(
             io.StringIO("\n".join(line for line in text.splitlines() if not line.startswith("#")))
@@ -272,13 +274,15 @@ def test_complete_until_follows_the_counting_window() -> None:
     now = datetime(2024, 6, 10, 12, 30, tzinfo=UTC)
     local = TenantClock("America/New_York", CountingWindow.TENANT_DAY)
     rolling = TenantClock("America/New_York", CountingWindow.ROLLING_24H)
-    assert methodology(BERLIN, "UTC", now, URL).complete_until == datetime(2024, 6, 10, tzinfo=UTC)
-    assert methodology(local, "UTC", now, URL).complete_until == datetime(
+    assert methodology(BERLIN, "UTC", now, URL, LISTS).complete_until == datetime(
+        2024, 6, 10, tzinfo=UTC
+    )
+    assert methodology(local, "UTC", now, URL, LISTS).complete_until == datetime(
         2024, 6, 10, 4, tzinfo=UTC
     )
-    assert methodology(local, "UTC", now, URL).counting_time_zone == "America/New_York"
-    assert methodology(rolling, "UTC", now, URL).complete_until == now - timedelta(days=1)
-    assert methodology(rolling, "UTC", now, URL).counting_time_zone == ""
+    assert methodology(local, "UTC", now, URL, LISTS).counting_time_zone == "America/New_York"
+    assert methodology(rolling, "UTC", now, URL, LISTS).complete_until == now - timedelta(days=1)
+    assert methodology(rolling, "UTC", now, URL, LISTS).counting_time_zone == ""
 
 
 def test_release_spans_split_into_hours_and_whole_days() -> None:

@@ -24,12 +24,12 @@ and on rebuild::
 
 Modules: :mod:`.records` (requests, downloads, ad deliveries), :mod:`.ip`
 (normalising and hashing IPs, exclusions), :mod:`.user_agents` (classifier
-and its rules file), :mod:`.ranges` (Range headers, byte unions),
-:mod:`.filters` (what never counts, and why), :mod:`.windows` (counting
-windows), :mod:`.media` (episode facts, the one-minute threshold),
-:mod:`.downloads` (batch counting), :mod:`.accumulator` (incremental
-counting), :mod:`.ads` (ads delivered), :mod:`.listeners` (unique listeners),
-:mod:`.settings` (per-tenant settings).
+over the OPAWG user-agents-v2 lists in ``opawg/`` and our overlay),
+:mod:`.ranges` (Range headers, byte unions), :mod:`.filters` (what never
+counts, and why), :mod:`.windows` (counting windows), :mod:`.media` (episode
+facts, the one-minute threshold), :mod:`.downloads` (batch counting),
+:mod:`.accumulator` (incremental counting), :mod:`.ads` (ads delivered),
+:mod:`.listeners` (unique listeners), :mod:`.settings` (per-tenant settings).
 """
 
 from .accumulator import CountDelta, DownloadAccumulator, WindowState

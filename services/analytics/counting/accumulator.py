@@ -28,14 +28,21 @@ byte intervals, the first request's time and country, the listener's
 User-Agent classification, whether a 200 response was seen, whether it was
 counted and which ad slots were reported. A rolling window also keeps its
 requests' (time, country, interval) because a late request can split it.
+The classification is the first request's, Referer included (a browser's web
+player); rolling windows take it from the earliest request of the batch that
+drew them, since their pieces keep no Referer: a browser listener whose
+Referer changes inside one rolling window may name another web player than
+the batch function would.
 :meth:`WindowState.to_dict` / :meth:`WindowState.from_dict` make it JSON;
 ``changed_windows`` and ``dropped_windows`` in each delta say what to upsert
 and delete, in the same transaction as the delta, for exactly-once counts.
 
 Memory stays bounded with :meth:`~DownloadAccumulator.evict`: windows ending
-at or before a watermark are dropped, and requests that would belong to them
-are reported as ``late_requests`` rather than counted (the rebuild command
-counts them from raw requests).
+at or before a watermark are dropped, and requests that would belong to a
+window ending at or before it are reported as ``late_requests`` rather than
+counted (the rebuild command counts them from raw requests). The window is
+what decides, not the request's own time: with rolling windows, a request a
+little older than the watermark opens a window that is still open.
 """
 
 from __future__ import annotations
@@ -254,8 +261,9 @@ class DownloadAccumulator:
     def evict(self, watermark_us: int) -> list[WindowState]:
         """Drops windows that end at or before ``watermark_us``; returns them.
 
-        From then on, countable requests that would fall in such windows are
-        ``late_requests``. The watermark never moves back.
+        From then on, countable requests that would fall in a window ending at
+        or before the watermark (open, closed or yet to be opened) are
+        ``late_requests``; all others count. The watermark never moves back.
         """
         if self._watermark_us is not None and watermark_us < self._watermark_us:
             watermark_us = self._watermark_us
@@ -319,12 +327,12 @@ class DownloadAccumulator:
                 continue
             time_us = request.time_us
             start, end = bounds(time_us)
+            if watermark is not None and end <= watermark:
+                late += 1
+                continue
             key = (request.listener_id, request.episode_id, start)
             state = windows.get(key)
             if state is None:
-                if watermark is not None and end <= watermark:
-                    late += 1
-                    continue
                 state = WindowState(
                     request.listener_id,
                     request.household_id,
@@ -332,7 +340,7 @@ class DownloadAccumulator:
                     start,
                     time_us,
                     request.country,
-                    classify(request.user_agent),
+                    classify(request.user_agent, request.referer),
                     rolling=False,
                 )
                 windows[key] = state
@@ -341,6 +349,7 @@ class DownloadAccumulator:
             ):
                 state.first_us = time_us
                 state.first_country = request.country
+                state.info = classify(request.user_agent, request.referer)
             facts = media.get(request.episode_id)
             interval = served_interval(
                 request.range_header,
@@ -380,11 +389,20 @@ class DownloadAccumulator:
                 continue
             time_us = request.time_us
             key = (request.listener_id, request.episode_id)
-            if (
-                watermark is not None
-                and time_us < watermark
-                and not any(
-                    w.start_us <= time_us < w.start_us + DAY_US for w in self._rolling.get(key, ())
+            # Late when the window the request falls in closed at or before the
+            # watermark: an open window's, else the one it opens, which ends 24 hours
+            # after it (so it is late when that is, and only then). A closed window
+            # covering it is among the loaded ones: ingestion loads every stored
+            # window that started in the 24 hours before, and keeps windows 48
+            # hours past the watermark.
+            if watermark is not None and (
+                time_us + DAY_US <= watermark
+                or (
+                    time_us < watermark
+                    and any(
+                        w.start_us <= time_us < w.start_us + DAY_US <= watermark
+                        for w in self._rolling.get(key, ())
+                    )
                 )
             ):
                 delta.late_requests += 1
@@ -402,10 +420,12 @@ class DownloadAccumulator:
             if entry is None:
                 pending[key] = (request, [piece])
             else:
+                if time_us < entry[0].time_us:
+                    pending[key] = (request, entry[1])
                 entry[1].append(piece)
             delta.applied_requests += 1
         for key, (example, pieces) in pending.items():
-            info = classify(example.user_agent)
+            info = classify(example.user_agent, example.referer)
             self._rechain(key, example.household_id, info, pieces, media, delta)
 
     def _rechain(

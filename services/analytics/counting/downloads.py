@@ -12,7 +12,8 @@ go: the rebuild command uses it, and it is the reference the incremental
    union of the bytes its requests delivered;
 4. stamps the download with its window's first request (earliest time; among
    simultaneous ones the smallest country code, so the choice never depends
-   on arrival order): time, country, app, device class and OS;
+   on arrival order): time, country, app, device class and OS (a browser's
+   app is the web player its Referer names, if any);
 5. lists the ad slots each download delivered (:mod:`.ads`).
 
 Episodes missing from ``media`` (e.g. deleted since) count with unknown facts:
@@ -124,7 +125,7 @@ def count_downloads(
             if not is_download(delivered, full, facts):
                 continue
             first = members[0]
-            info = rules.classifier.classify(first.user_agent)
+            info = rules.classifier.classify(first.user_agent, first.referer)
             download = Download(
                 listener_id=first.listener_id,
                 household_id=first.household_id,

@@ -7,7 +7,7 @@ first :class:`FilterReason` that applies, checked in this order:
    and 206), the ``bytes=0-1`` probe, a Range header that cannot be read on a
    206;
 2. the User-Agent: empty (or ``-``, the log placeholder for none), Apple
-   Watch, bot by the built-in rules;
+   Watch, bot by the OPAWG lists (:mod:`.user_agents`);
 3. the tenant's own lists: excluded User-Agent substrings, then excluded IP
    ranges. Tenant rules come last so that the standard reasons report the same
    way for every tenant.

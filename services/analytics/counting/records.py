@@ -44,6 +44,8 @@ class ListenerRequest:
     """ISO 3166-1 alpha-2, upper case; ``"ZZ"`` when unknown."""
     ip_excluded: bool = False
     """The client IP was in one of the tenant's excluded ranges on arrival."""
+    referer: str = ""
+    """The Referer header; names the web player when the User-Agent is a browser."""
 
     @classmethod
     def from_raw(
@@ -61,6 +63,7 @@ class ListenerRequest:
         range_header: str = "",
         bytes_served: int = 0,
         country_code: str = "",
+        referer: str = "",
     ) -> ListenerRequest:
         """Builds the record from a request as received; the raw IP goes no further.
 
@@ -80,6 +83,7 @@ class ListenerRequest:
             bytes_served=bytes_served,
             country=country_code.strip().upper() or UNKNOWN_COUNTRY,
             ip_excluded=exclusions.contains(client_ip) if exclusions else False,
+            referer=referer,
         )
 
 

@@ -1,36 +1,55 @@
-"""User-Agent classification: app, device class, OS and bot flag, from our own rules file.
+"""User-Agent classification by the OPAWG user-agents-v2 lists, the way OP3 reads them.
 
-The rules live in ``user_agents.json`` next to this module: four ordered lists
-of regular expressions (bots, apps, devices, operating systems), written for
-Podmesh from the User-Agents common podcast apps send. Resolution:
+The lists ship as data in ``opawg/`` next to this module, with their MIT licence
+and the upstream commit (``make update-user-agents`` fetches a newer one). For
+one User-Agent:
 
-- ``bot``: true when any bot rule matches; ``bot_rule`` names the first match.
-- ``app``: the first app rule that matches, else ``"Unknown"``.
-- ``os``: the app rule's OS when it fixes one, else the first OS rule, else
-  ``"Unknown"``.
-- ``device_class``: the app rule's device when it fixes one (a Sonos is a
-  smart speaker whatever it says about Linux), else the first device rule
-  (watch, car, smart speaker, tv), else the OS rule's device (iOS and Android
-  are mobile; macOS, Windows, ChromeOS and Linux desktop), else ``unknown``.
+1. the first entry that matches, looking through ``bots``, ``apps``,
+   ``libraries`` and ``browsers`` in that order, each file in its own order;
+2. a bot when that entry is a bot, or a library whose category is ``bot``, or,
+   when nothing matched, when one of our overlay's bot rules matches or the
+   agent says bot, crawler or spider (any case);
+3. otherwise the app is the entry's name (``Unknown`` when nothing matched),
+   the device the first ``devices`` entry that matches, its category mapped
+   onto :class:`DeviceClass`, and the OS the one our overlay gives that device;
+4. a browser with a Referer: the first ``referrers`` entry matching the
+   Referer names the web player (:meth:`UserAgentClassifier.classify`).
 
-Patterns are compiled once; :meth:`UserAgentClassifier.classify` is cached per
-User-Agent string (LRU), since a handful of strings make up most traffic.
+Our own rules are few and live in ``user_agent_overlay.json``, each with its
+reason; they are applied on top of the lists and are part of :attr:`version`.
+
+The lists are JavaScript regular expressions. Those in the shipped lists mean
+the same in Python's ``re`` with ``re.ASCII`` (JavaScript's ``\\d``, ``\\w``
+and ``\\b`` are ASCII-only); :func:`js_pattern` rejects the few constructs that
+would not. Classification is cached per distinct User-Agent (bounded LRU), and
+patterns anchored on a literal first character (``^Overcast/``, two thirds of
+them) are tried only on agents starting with it. One big alternation would not
+help: Python's ``re`` tries its branches one by one at every position, slower
+than searching the patterns one by one, each with its own literal fast path.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-RULES_PATH = Path(__file__).with_name("user_agents.json")
+LISTS_DIR = Path(__file__).with_name("opawg")
+OVERLAY_PATH = Path(__file__).with_name("user_agent_overlay.json")
 UNKNOWN = "Unknown"
-_RULE_LISTS = ("bots", "apps", "devices", "operating_systems")
+UPSTREAM = "opawg/user-agents-v2"
+AGENT_FILES = ("bots", "apps", "libraries", "browsers")
+# OP3's last resort for agents no list knows.
+_BOTLIKE = re.compile(r"bot|crawler|spider", re.IGNORECASE)
+# JavaScript syntax that Python's re reads differently or not at all; named groups,
+# "(?<name>", are translated instead.
+_JS_ONLY = re.compile(r"\\[ck]|\[\^?\]|\\u\{|\(\?[a-z]")
+_JS_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
 
 
 class DeviceClass(StrEnum):
@@ -45,6 +64,17 @@ class DeviceClass(StrEnum):
     UNKNOWN = "unknown"
 
 
+# The devices file's categories, onto ours.
+DEVICE_CATEGORIES: Mapping[str, DeviceClass] = {
+    "mobile": DeviceClass.MOBILE,
+    "computer": DeviceClass.DESKTOP,
+    "smart_speaker": DeviceClass.SMART_SPEAKER,
+    "watch": DeviceClass.WATCH,
+    "smart_tv": DeviceClass.TV,
+    "auto": DeviceClass.CAR,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class UserAgentInfo:
     """What a User-Agent says about the listener's app and device."""
@@ -54,101 +84,207 @@ class UserAgentInfo:
     os: str
     bot: bool = False
     bot_rule: str = ""
-    """The name of the first bot rule that matched; empty when not a bot."""
+    """The name of the entry (or rule) that made it a bot; empty when not a bot."""
+    browser: bool = False
+    """Matched the browsers list: the Referer may name a web player."""
 
 
 @dataclass(frozen=True, slots=True)
-class _Rule:
-    label: str
+class _Entry:
+    name: str
     pattern: re.Pattern[str]
-    device_class: DeviceClass | None
-    os: str | None
+    category: str
+    bot: bool
 
 
-def _compile(kind: str, entry: Mapping[str, Any], index: int) -> _Rule:
-    label_key = {"bots": "name", "apps": "app", "devices": "device_class"}.get(kind, "os")
-    known = {label_key, "pattern", "ignore_case", "device_class", "os"}
-    unknown = set(entry) - known
-    where = f"{kind}[{index}]"
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-    label = entry.get(label_key)
-    if not isinstance(label, str) or not label:
-        raise ValueError(f"{where}: missing {label_key!r}")
-    flags = re.IGNORECASE if entry.get("ignore_case", False) else 0
+def js_pattern(source: str, where: str) -> re.Pattern[str]:
+    """A list's JavaScript regular expression as a Python pattern with the same meaning."""
+    if _JS_ONLY.search(source):
+        raise ValueError(f"{where}: JavaScript-only syntax in {source!r}")
     try:
-        pattern = re.compile(entry["pattern"], flags)
-    except (KeyError, TypeError, re.error) as error:
-        raise ValueError(f"{where} ({label}): bad pattern: {error}") from None
-    device_name = entry.get("device_class")
-    try:
-        device = None if device_name is None else DeviceClass(device_name)
-    except ValueError:
-        raise ValueError(f"{where} ({label}): unknown device class {device_name!r}") from None
-    os_name = entry.get("os")
-    if kind == "apps" and os_name is not None and device is None:
-        raise ValueError(f"{where} ({label}): an app rule fixing the OS must fix the device")
-    if kind == "operating_systems" and device is None:
-        raise ValueError(f"{where} ({label}): an OS rule needs a device_class")
-    return _Rule(label, pattern, device, os_name)
+        return re.compile(_JS_NAMED_GROUP.sub("(?P<", source), re.ASCII)
+    except re.error as error:
+        raise ValueError(f"{where}: bad pattern {source!r}: {error}") from None
 
 
-def _first(rules: Sequence[_Rule], user_agent: str) -> _Rule | None:
-    for rule in rules:
-        if rule.pattern.search(user_agent):
-            return rule
-    return None
+def load_list(name: str, directory: Path = LISTS_DIR) -> list[dict[str, Any]]:
+    """The entries of one list file (``bots``, ``apps``, ...)."""
+    with (directory / f"{name}.json").open(encoding="utf-8") as file:
+        entries: list[dict[str, Any]] = json.load(file)["entries"]
+    return entries
 
 
-class UserAgentClassifier:
-    """Classifies User-Agents with an ordered rules document (by default ``user_agents.json``)."""
-
-    classify: Callable[[str], UserAgentInfo]
-    """Cached :meth:`classify_uncached`."""
-
-    def __init__(self, rules: Mapping[str, Any] | None = None, cache_size: int = 65_536) -> None:
-        document = rules if rules is not None else load_rules()
-        compiled: dict[str, list[_Rule]] = {}
-        for kind in _RULE_LISTS:
-            entries = document.get(kind, [])
-            if not isinstance(entries, list):
-                raise ValueError(f"{kind}: expected a list of rules")
-            compiled[kind] = [_compile(kind, entry, i) for i, entry in enumerate(entries)]
-        self._bots = compiled["bots"]
-        self._apps = compiled["apps"]
-        self._devices = compiled["devices"]
-        self._systems = compiled["operating_systems"]
-        self.classify = lru_cache(maxsize=cache_size)(self.classify_uncached)
-
-    def classify_uncached(self, user_agent: str) -> UserAgentInfo:
-        """Runs the rules on one User-Agent."""
-        bot = _first(self._bots, user_agent)
-        app = _first(self._apps, user_agent)
-        system = _first(self._systems, user_agent)
-        os_name = (app.os if app else None) or (system.label if system else UNKNOWN)
-        device = app.device_class if app else None
-        if device is None:
-            special = _first(self._devices, user_agent)
-            device = special.device_class if special else None
-        if device is None:
-            device = system.device_class if system else None
-        return UserAgentInfo(
-            app=app.label if app else UNKNOWN,
-            device_class=device or DeviceClass.UNKNOWN,
-            os=os_name,
-            bot=bot is not None,
-            bot_rule=bot.label if bot else "",
-        )
-
-
-def load_rules(path: Path = RULES_PATH) -> dict[str, Any]:
-    """The rules document at ``path``."""
+def load_overlay(path: Path = OVERLAY_PATH) -> dict[str, Any]:
+    """Our own rules document."""
     with path.open(encoding="utf-8") as file:
         document: dict[str, Any] = json.load(file)
     return document
 
 
+def lists_commit(directory: Path = LISTS_DIR) -> str:
+    """The upstream commit the shipped lists come from."""
+    return (directory / "COMMIT").read_text(encoding="ascii").strip()
+
+
+def anchored_first_char(source: str) -> str | None:
+    """The character every match must start the text with, for ``^X...`` patterns.
+
+    None when the pattern is not anchored at the start, its first character is
+    not a literal, is optional, or a top-level alternative escapes the anchor.
+    """
+    if len(source) < 2 or source[0] != "^" or not (source[1].isalnum() or source[1] in " -_/"):
+        return None
+    if len(source) > 2 and source[2] in "?*{":
+        return None
+    depth = 0
+    in_class = False
+    escaped = False
+    for char in source:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char in "()":
+            depth += 1 if char == "(" else -1
+        elif char == "|" and depth == 0:
+            return None
+    return source[1]
+
+
+class _List:
+    """One list's entries in order, indexed by the first character of anchored patterns.
+
+    Two thirds of the patterns are ``^Name...``: only those whose character
+    starts the text are tried, with every unanchored one, in file order.
+    """
+
+    __slots__ = ("_anchored", "_by_char", "_unanchored", "entries")
+
+    def __init__(self, entries: Sequence[_Entry]) -> None:
+        self.entries = tuple(entries)
+        self._anchored: dict[str, list[int]] = {}
+        unanchored: list[int] = []
+        for index, entry in enumerate(self.entries):
+            char = anchored_first_char(entry.pattern.pattern)
+            if char is None:
+                unanchored.append(index)
+            else:
+                self._anchored.setdefault(char, []).append(index)
+        self._unanchored = tuple(unanchored)
+        self._by_char: dict[str, tuple[_Entry, ...]] = {}
+
+    def candidates(self, text: str) -> tuple[_Entry, ...]:
+        """The entries that may match ``text``, in file order."""
+        char = text[:1]
+        found = self._by_char.get(char)
+        if found is None:
+            anchored = self._anchored.get(char)
+            indices = sorted((*self._unanchored, *(anchored or ())))
+            found = tuple(self.entries[i] for i in indices)
+            self._by_char[char] = found
+        return found
+
+    def first(self, text: str) -> _Entry | None:
+        for entry in self.candidates(text):
+            if entry.pattern.search(text):
+                return entry
+        return None
+
+
+def _entries(kind: str, raw: Sequence[Mapping[str, Any]]) -> list[_Entry]:
+    compiled = []
+    for index, entry in enumerate(raw):
+        name = entry.get("name")
+        source = entry.get("pattern")
+        where = f"{kind}[{index}]"
+        if not isinstance(name, str) or not name or not isinstance(source, str):
+            raise ValueError(f"{where}: an entry needs a name and a pattern")
+        category = entry.get("category", "")
+        bot = kind == "bots" or (kind == "libraries" and category == "bot")
+        compiled.append(_Entry(name, js_pattern(source, f"{where} ({name})"), category, bot))
+    return compiled
+
+
+class UserAgentClassifier:
+    """Classifies User-Agents (and Referers of browsers) by the lists and our overlay."""
+
+    def __init__(
+        self,
+        lists: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        overlay: Mapping[str, Any] | None = None,
+        version: str | None = None,
+        cache_size: int = 65_536,
+    ) -> None:
+        if lists is None:
+            lists = {name: load_list(name) for name in (*AGENT_FILES, "devices", "referrers")}
+        document = overlay if overlay is not None else load_overlay()
+        self._agents = tuple(_List(_entries(k, lists.get(k, []))) for k in AGENT_FILES)
+        self._devices = _List(_entries("devices", lists.get("devices", [])))
+        self._referrers = _List(_entries("referrers", lists.get("referrers", [])))
+        self._overlay_bots = tuple(
+            _Entry(rule["name"], re.compile(rule["pattern"]), "bot", True)
+            for rule in document.get("bots", [])
+        )
+        for device in self._devices.entries:
+            if device.category not in DEVICE_CATEGORIES:
+                raise ValueError(f"devices: unknown category {device.category!r} ({device.name})")
+        names = {device.name for device in self._devices.entries}
+        self._os_by_device: dict[str, str] = {}
+        for rule in document.get("operating_systems", []):
+            if rule["device"] not in names:
+                raise ValueError(f"overlay: no device {rule['device']!r} in the devices list")
+            self._os_by_device[rule["device"]] = rule["os"]
+        self.version = version or (
+            f"{UPSTREAM}@{lists_commit()}+podmesh-overlay.{document.get('version', 0)}"
+        )
+        """The lists' upstream commit and our overlay's version, recorded with every download."""
+        self._by_agent = lru_cache(maxsize=cache_size)(self.classify_uncached)
+        self._by_referer = lru_cache(maxsize=cache_size)(self._web_player)
+
+    def classify(self, user_agent: str, referer: str = "") -> UserAgentInfo:
+        """Cached classification; a browser's Referer may name the web player."""
+        info = self._by_agent(user_agent)
+        if referer and info.browser:
+            player = self._by_referer(referer)
+            if player is not None:
+                return replace(info, app=player)
+        return info
+
+    def classify_uncached(self, user_agent: str) -> UserAgentInfo:
+        """Runs the lists on one User-Agent."""
+        found: _Entry | None = None
+        browser = False
+        for kind, entries in zip(AGENT_FILES, self._agents, strict=True):
+            found = entries.first(user_agent)
+            if found is not None:
+                browser = kind == "browsers"
+                break
+        if found is not None and found.bot:
+            return UserAgentInfo(UNKNOWN, DeviceClass.UNKNOWN, UNKNOWN, True, found.name)
+        if found is None:
+            for rule in self._overlay_bots:
+                if rule.pattern.search(user_agent):
+                    return UserAgentInfo(UNKNOWN, DeviceClass.UNKNOWN, UNKNOWN, True, rule.name)
+            if _BOTLIKE.search(user_agent):
+                return UserAgentInfo(UNKNOWN, DeviceClass.UNKNOWN, UNKNOWN, True, _BOTLIKE.pattern)
+        device = self._devices.first(user_agent)
+        return UserAgentInfo(
+            app=found.name if found else UNKNOWN,
+            device_class=DEVICE_CATEGORIES[device.category] if device else DeviceClass.UNKNOWN,
+            os=self._os_by_device.get(device.name, UNKNOWN) if device else UNKNOWN,
+            browser=browser,
+        )
+
+    def _web_player(self, referer: str) -> str | None:
+        entry = self._referrers.first(referer)
+        return entry.name if entry else None
+
+
 @cache
 def default_classifier() -> UserAgentClassifier:
-    """The process-wide classifier for the built-in rules (compiled on first use)."""
+    """The process-wide classifier for the shipped lists (compiled on first use)."""
     return UserAgentClassifier()
