@@ -43,11 +43,21 @@ from services.analytics.counting import (
     Download,
     DownloadAccumulator,
     EpisodeMedia,
+    FilterReason,
     ListenerRequest,
     WindowState,
     from_us,
 )
+from services.analytics.counting.funnel import (
+    Arrival,
+    Funnel,
+    Outcome,
+    add_funnels,
+    arrivals,
+    funnel_changes,
+)
 from services.analytics.counting.user_agents import UNKNOWN
+from services.analytics.funnel_rollup import FunnelRollup, FunnelScope
 from services.analytics.ingest_records import RAW_COLUMNS, RawRow
 from services.analytics.ingest_state import decode, encode
 from services.analytics.live import CountedDownloads, EpisodeRequests
@@ -81,6 +91,8 @@ class StagedBatch:
     requests: list[ListenerRequest]
     media: Mapping[str, EpisodeMedia]
     podcasts: Mapping[str, str]
+    # (episode id, request time) of the records dropped as repeats within the batch.
+    repeated: Sequence[tuple[str, int]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +136,24 @@ class Handoff:
 
 
 @dataclass(slots=True)
+class BatchArrivals:
+    """What counting made of a batch's rows stored for the first time (its acknowledgement)."""
+
+    accepted: int = 0
+    filtered: dict[FilterReason, int] = field(default_factory=dict)
+    late: int = 0
+
+    @property
+    def countable(self) -> int:
+        return self.accepted - sum(self.filtered.values()) - self.late
+
+
+@dataclass(slots=True)
 class GroupResult:
     # Per batch, in the order given: rows stored for the first time.
     accepted: list[int]
+    # Per batch, in the order given: how those rows were counted.
+    arrivals: list[BatchArrivals] = field(default_factory=list)
     # For the live counters.
     requests: list[EpisodeRequests] = field(default_factory=list)
     counted: list[CountedDownloads] = field(default_factory=list)
@@ -284,11 +311,18 @@ class IngestStore:
             accepted = sum(result.accepted)
             if accepted:
                 await self._charge(conn, tenant_id, accepted, counting)
+            outcomes = arrivals(fresh, counted.delta, rules)
+            result.arrivals = _batch_arrivals(result.accepted, outcomes)
             if fresh:
                 await self._write_states(conn, tenant_id, counted)
                 result.counted = await self._write_counts(
                     conn, tenant_id, counted.delta, podcasts, counting
                 )
+            funnel = funnel_changes(fresh, counted.delta, rules, outcomes)
+            add_funnels(funnel, _duplicates(batches, new))
+            rollup = FunnelRollup(FunnelScope(counting.window, counting.time_zone), podcasts)
+            rollup.add(funnel)
+            await rollup.write(conn, tenant_id)
         return result
 
     async def _count_early(
@@ -530,6 +564,38 @@ def _sort_new(
         for episode, count in per_episode.items()
     ]
     return result, fresh, media, podcasts
+
+
+def _batch_arrivals(
+    accepted: list[int], outcomes: list[tuple[Arrival, FilterReason | None]]
+) -> list[BatchArrivals]:
+    """Per batch: the outcomes of its fresh requests (in batch order, as counted)."""
+    result: list[BatchArrivals] = []
+    position = 0
+    for stored in accepted:
+        batch = BatchArrivals(accepted=stored)
+        for arrival, reason in outcomes[position : position + stored]:
+            if reason is not None:
+                batch.filtered[reason] = batch.filtered.get(reason, 0) + 1
+            elif arrival is Arrival.LATE:
+                batch.late += 1
+        position += stored
+        result.append(batch)
+    return result
+
+
+def _duplicates(batches: Sequence[StagedBatch], new: list[bool]) -> Funnel:
+    """The funnel's duplicates: rows stored before, and repeats within a batch."""
+    funnel: Funnel = defaultdict(int)
+    position = 0
+    for batch in batches:
+        for request in batch.requests:
+            if not new[position]:
+                funnel[(request.episode_id, request.time_us, Outcome.DUPLICATE, None)] += 1
+            position += 1
+        for episode_id, time_us in batch.repeated:
+            funnel[(episode_id, time_us, Outcome.DUPLICATE, None)] += 1
+    return funnel
 
 
 def _count(
