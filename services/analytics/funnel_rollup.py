@@ -21,13 +21,18 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from services.analytics.counting import DAY_US, CalendarDays, CountingWindow, FilterReason, from_us
-from services.analytics.counting.funnel import Funnel, Outcome
+from services.analytics.counting.funnel import FunnelKey, Outcome
 
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu"})
 
 # (zone, day, episode, outcome, reason, counting day)
 RowKey = tuple[str, dt.date, str, str, str, dt.date]
+# What a request's time decides about its row: its counting day, and its day per zone.
+Bucket = tuple[dt.date, tuple[tuple[str, dt.date], ...]]
+# Bucket cache granule: every zone's day boundaries fall on quarter hours (UTC offsets
+# are multiples of 15 minutes), and a granule that holds one is never cached.
+_GRANULE_US = 15 * 60 * 1_000_000
 
 
 @lru_cache(maxsize=512)
@@ -81,15 +86,31 @@ class FunnelRollup:
             (("local", _Days(scope.time_zone)),) if scope.time_zone not in _UTC_NAMES else ()
         )
         self.rows: dict[RowKey, int] = defaultdict(int)
+        self._buckets: dict[int, Bucket] = {}
 
-    def add(self, funnel: Funnel) -> None:
-        for (episode, time_us, outcome, reason), n in funnel.items():
-            counting_day = self._counting.date(time_us)
+    def bucket(self, time_us: int) -> Bucket:
+        """The counting day and the zones' days of an instant."""
+        granule = time_us // _GRANULE_US
+        found = self._buckets.get(granule)
+        if found is not None:
+            return found
+        first = self._exact(granule * _GRANULE_US)
+        if self._exact((granule + 1) * _GRANULE_US - 1) != first:
+            return self._exact(time_us)
+        self._buckets[granule] = first
+        return first
+
+    def _exact(self, time_us: int) -> Bucket:
+        return (
+            self._counting.date(time_us),
+            tuple((zone, days.date(time_us)) for zone, days in self._zones),
+        )
+
+    def add(self, funnel: Mapping[FunnelKey[Bucket], int]) -> None:
+        for (episode, (counting_day, days), outcome, reason), n in funnel.items():
             text = reason.value if reason is not None else ""
-            for zone, days in self._zones:
-                self.rows[
-                    (zone, days.date(time_us), episode, outcome.value, text, counting_day)
-                ] += n
+            for zone, day in days:
+                self.rows[(zone, day, episode, outcome.value, text, counting_day)] += n
 
     async def write(self, conn: asyncpg.Connection, tenant_id: uuid.UUID) -> None:
         """Adds the deltas to the stored rows; rows brought to zero go, so the table holds

@@ -50,14 +50,14 @@ from services.analytics.counting import (
 )
 from services.analytics.counting.funnel import (
     Arrival,
-    Funnel,
+    FunnelKey,
     Outcome,
     add_funnels,
     arrivals,
     funnel_changes,
 )
 from services.analytics.counting.user_agents import UNKNOWN
-from services.analytics.funnel_rollup import FunnelRollup, FunnelScope
+from services.analytics.funnel_rollup import Bucket, FunnelRollup, FunnelScope
 from services.analytics.ingest_records import RAW_COLUMNS, RawRow
 from services.analytics.ingest_state import decode, encode
 from services.analytics.live import CountedDownloads, EpisodeRequests
@@ -318,9 +318,9 @@ class IngestStore:
                 result.counted = await self._write_counts(
                     conn, tenant_id, counted.delta, podcasts, counting
                 )
-            funnel = funnel_changes(fresh, counted.delta, rules, outcomes)
-            add_funnels(funnel, _duplicates(batches, new))
             rollup = FunnelRollup(FunnelScope(counting.window, counting.time_zone), podcasts)
+            funnel = funnel_changes(fresh, outcomes, counted.delta, rollup.bucket)
+            add_funnels(funnel, _duplicates(batches, new, rollup.bucket))
             rollup.add(funnel)
             await rollup.write(conn, tenant_id)
         return result
@@ -584,17 +584,20 @@ def _batch_arrivals(
     return result
 
 
-def _duplicates(batches: Sequence[StagedBatch], new: list[bool]) -> Funnel:
+def _duplicates(
+    batches: Sequence[StagedBatch], new: list[bool], bucket: Callable[[int], Bucket]
+) -> dict[FunnelKey[Bucket], int]:
     """The funnel's duplicates: rows stored before, and repeats within a batch."""
-    funnel: Funnel = defaultdict(int)
+    funnel: dict[FunnelKey[Bucket], int] = defaultdict(int)
     position = 0
     for batch in batches:
         for request in batch.requests:
             if not new[position]:
-                funnel[(request.episode_id, request.time_us, Outcome.DUPLICATE, None)] += 1
+                key = (request.episode_id, bucket(request.time_us), Outcome.DUPLICATE, None)
+                funnel[key] += 1
             position += 1
         for episode_id, time_us in batch.repeated:
-            funnel[(episode_id, time_us, Outcome.DUPLICATE, None)] += 1
+            funnel[(episode_id, bucket(time_us), Outcome.DUPLICATE, None)] += 1
     return funnel
 
 

@@ -385,7 +385,7 @@ async def _rebuild_day(
         # Requests a window of the day before covers (rolling windows) are its repeats.
         await forget_counting_day(conn, tenant_id, chunk, plan.funnel.counting_date(day_start))
         funnel = FunnelRollup(plan.funnel, podcasts)
-        funnel.add(funnel_of_day(scanned, windows, rules, day_start, day_end))
+        funnel.add(funnel_of_day(scanned, windows, rules, day_start, day_end, funnel.bucket))
         await funnel.write(conn, tenant_id)
     return outcome
 

@@ -32,6 +32,10 @@ from services.analytics.counting.funnel import (
 from .test_properties import MEDIA, MINUTE, START, any_settings, count, split, traffic
 
 
+def same(time_us: int) -> int:
+    return time_us
+
+
 def by_outcome(funnel: Funnel) -> Counter[Outcome]:
     totals: Counter[Outcome] = Counter()
     for (_, _, outcome, _), n in funnel.items():
@@ -67,7 +71,7 @@ def ingest(
                 seen.add(request.request_id)
                 fresh.append(request)
         delta = accumulator.apply(fresh, MEDIA)
-        changes = funnel_changes(fresh, delta, rules)
+        changes = funnel_changes(fresh, arrivals(fresh, delta, rules), delta, same)
         assert all(n != 0 for n in changes.values())
         add_funnels(funnel, changes)
         assert all(n > 0 for n in funnel.values()), "a bucket went negative"

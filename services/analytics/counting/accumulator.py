@@ -36,6 +36,10 @@ Memory stays bounded with :meth:`~DownloadAccumulator.evict`: windows ending
 at or before a watermark are dropped, and requests that would belong to them
 are reported as ``late_requests`` rather than counted (the rebuild command
 counts them from raw requests).
+
+For the counting funnel (:mod:`.funnel`) a delta also names the late requests
+and, like downloads, the windows reported as below the download threshold
+(``uncounted_added`` / ``uncounted_removed``, at their first request's time).
 """
 
 from __future__ import annotations

@@ -26,11 +26,11 @@ split or order, as :class:`~.accumulator.CountDelta` does for downloads;
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .downloads import _windows, count_downloads, rules_for
 from .filters import FilterReason
@@ -71,9 +71,18 @@ class UncountedWindow:
     time_us: int
 
 
-FunnelKey = tuple[str, int, Outcome, FilterReason | None]
-"""(episode id, request time in µs, outcome, filter reason for FILTERED else None)."""
-Funnel = dict[FunnelKey, int]
+T = TypeVar("T", bound=Hashable)
+FunnelKey = tuple[str, T, Outcome, FilterReason | None]
+"""(episode id, time bucket, outcome, filter reason for FILTERED else None)."""
+Funnel = dict[FunnelKey[int], int]
+"""Requests per episode, request time in µs, outcome and reason."""
+
+_ON_ARRIVAL = {
+    Arrival.FILTERED: Outcome.FILTERED,
+    Arrival.LATE: Outcome.LATE,
+    # Until its window says otherwise (see _first).
+    Arrival.COUNTABLE: Outcome.WINDOW_REPEAT,
+}
 
 
 def arrivals(
@@ -86,55 +95,63 @@ def arrivals(
     """
     late = {id(r) for r in delta.late}
     reason_of = rules.filter.reason
+    # On the ingestion hot path: shared tuples, no attribute lookups in the loop.
+    late_one: tuple[Arrival, FilterReason | None] = (Arrival.LATE, None)
+    countable: tuple[Arrival, FilterReason | None] = (Arrival.COUNTABLE, None)
+    filtered = Arrival.FILTERED
     result: list[tuple[Arrival, FilterReason | None]] = []
+    append = result.append
     for request in requests:
         reason = reason_of(request)
         if reason is not None:
-            result.append((Arrival.FILTERED, reason))
-        elif id(request) in late:
-            result.append((Arrival.LATE, None))
+            append((filtered, reason))
+        elif late and id(request) in late:
+            append(late_one)
         else:
-            result.append((Arrival.COUNTABLE, None))
+            append(countable)
     return result
 
 
 def funnel_changes(
     requests: Sequence[ListenerRequest],
+    outcomes: Sequence[tuple[Arrival, FilterReason | None]],
     delta: CountDelta,
-    rules: CountingRules,
-    outcomes: Sequence[tuple[Arrival, FilterReason | None]] | None = None,
-) -> Funnel:
+    bucket: Callable[[int], T],
+) -> dict[FunnelKey[T], int]:
     """The funnel deltas of one apply: every request as filtered, late or (for now) a
     window repeat, then each window's first request moved to DOWNLOAD or BELOW_THRESHOLD
-    as the delta reports its window, and moved back when the delta takes that back."""
-    changes: Funnel = defaultdict(int)
-    for request, (arrival, reason) in zip(
-        requests,
-        outcomes if outcomes is not None else arrivals(requests, delta, rules),
-        strict=True,
-    ):
-        if arrival is Arrival.FILTERED:
-            changes[(request.episode_id, request.time_us, Outcome.FILTERED, reason)] += 1
-        elif arrival is Arrival.LATE:
-            changes[(request.episode_id, request.time_us, Outcome.LATE, None)] += 1
-        else:
-            changes[(request.episode_id, request.time_us, Outcome.WINDOW_REPEAT, None)] += 1
+    as the delta reports its window, and moved back when the delta takes that back.
+
+    ``outcomes`` are the requests' :func:`arrivals`. Times are summed per
+    ``bucket(time_us)`` (``lambda t: t`` keeps them): storage wants days, and summing
+    early saves a dictionary entry per request.
+    """
+    on_arrival = _ON_ARRIVAL
+    # Counter counts an iterable in C: the cheapest way to sum a batch per key.
+    changes: Counter[FunnelKey[T]] = Counter(
+        (request.episode_id, bucket(request.time_us), on_arrival[arrival], reason)
+        for request, (arrival, reason) in zip(requests, outcomes, strict=True)
+    )
     for downloads, sign in ((delta.downloads_added, 1), (delta.downloads_removed, -1)):
         for download in downloads:
-            _first(changes, download.episode_id, download.time_us, Outcome.DOWNLOAD, sign)
+            when = bucket(download.time_us)
+            _first(changes, download.episode_id, when, Outcome.DOWNLOAD, sign)
     for windows, sign in ((delta.uncounted_added, 1), (delta.uncounted_removed, -1)):
         for window in windows:
-            _first(changes, window.episode_id, window.time_us, Outcome.BELOW_THRESHOLD, sign)
+            when = bucket(window.time_us)
+            _first(changes, window.episode_id, when, Outcome.BELOW_THRESHOLD, sign)
     return {key: n for key, n in changes.items() if n}
 
 
-def _first(changes: Funnel, episode_id: str, time_us: int, outcome: Outcome, sign: int) -> None:
+def _first(
+    changes: dict[FunnelKey[T], int], episode_id: str, when: T, outcome: Outcome, sign: int
+) -> None:
     """A window's first request as ``outcome`` (sign 1) or back to a repeat (sign -1)."""
-    changes[(episode_id, time_us, outcome, None)] += sign
-    changes[(episode_id, time_us, Outcome.WINDOW_REPEAT, None)] -= sign
+    changes[(episode_id, when, outcome, None)] += sign
+    changes[(episode_id, when, Outcome.WINDOW_REPEAT, None)] -= sign
 
 
-def add_funnels(total: Funnel, more: Mapping[FunnelKey, int]) -> None:
+def add_funnels(total: dict[FunnelKey[T], int], more: Mapping[FunnelKey[T], int]) -> None:
     """Adds ``more`` into ``total`` in place, dropping keys that reach zero."""
     for key, n in more.items():
         value = total.get(key, 0) + n
@@ -196,21 +213,21 @@ def funnel_of_day(
     rules: CountingRules,
     start_us: int,
     end_us: int,
-) -> Funnel:
+    bucket: Callable[[int], T],
+) -> dict[FunnelKey[T], int]:
     """The funnel of the requests in [start_us, end_us), recounted: ``windows`` are the
     settled windows that start in the range (every request in the range that is not
-    filtered belongs to one of them or to a window that started before)."""
-    funnel: Funnel = defaultdict(int)
+    filtered belongs to one of them or to a window that started before). Times are
+    summed per ``bucket(time_us)``."""
+    funnel: dict[FunnelKey[T], int] = defaultdict(int)
     reason_of = rules.filter.reason
     for request in requests:
         if not start_us <= request.time_us < end_us:
             continue
         reason = reason_of(request)
-        if reason is None:
-            funnel[(request.episode_id, request.time_us, Outcome.WINDOW_REPEAT, None)] += 1
-        else:
-            funnel[(request.episode_id, request.time_us, Outcome.FILTERED, reason)] += 1
+        outcome = Outcome.WINDOW_REPEAT if reason is None else Outcome.FILTERED
+        funnel[(request.episode_id, bucket(request.time_us), outcome, reason)] += 1
     for window in windows:
         outcome = Outcome.DOWNLOAD if window.counted else Outcome.BELOW_THRESHOLD
-        _first(funnel, window.episode_id, window.first_us, outcome, 1)
+        _first(funnel, window.episode_id, bucket(window.first_us), outcome, 1)
     return {key: n for key, n in funnel.items() if n}
