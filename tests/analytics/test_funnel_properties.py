@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +31,17 @@ from services.analytics.counting.funnel import (
     funnel_of_requests,
 )
 
-from .test_properties import MEDIA, MINUTE, START, any_settings, count, split, traffic
+from .support import APPLE_PODCASTS, HASHER
+from .test_properties import (
+    MEDIA,
+    MINUTE,
+    START,
+    WINDOW_SETTINGS,
+    any_settings,
+    count,
+    split,
+    traffic,
+)
 
 
 def same(time_us: int) -> int:
@@ -137,3 +149,42 @@ def test_late_requests_stay_in_the_partition(
     delta = accumulator.apply(requests, MEDIA)
     late = [a for a, _ in arrivals(requests, delta, rules) if a is Arrival.LATE]
     assert by_outcome(funnel)[Outcome.LATE] == len(late) == delta.late_requests
+
+
+PARTIAL = ListenerRequest.from_raw(
+    request_id="partial",
+    time_us=START,
+    episode_id="small",
+    client_ip="203.0.113.1",
+    user_agent=APPLE_PODCASTS,
+    hasher=HASHER,
+    status=206,
+    range_header="bytes=0-999",
+    bytes_served=1_000,
+)
+COMPLETE = replace(
+    PARTIAL,
+    request_id="complete",
+    time_us=START + 5,
+    status=200,
+    range_header="",
+    bytes_served=200_000,
+)
+
+
+@pytest.mark.parametrize("window", WINDOW_SETTINGS)
+@pytest.mark.parametrize(
+    "batches",
+    [[[PARTIAL], [COMPLETE]], [[COMPLETE], [PARTIAL]], [[PARTIAL, COMPLETE]]],
+)
+def test_a_window_is_one_download_at_its_first_request_in_any_arrival(
+    batches: list[list[ListenerRequest]], window: CountingSettings
+) -> None:
+    """Below the threshold, then completed; or completed, then an earlier request moves
+    the download to it: either way one download at the first request, one repeat."""
+    feed = [r for batch in batches for r in batch]
+    cuts = [len(batches[0])] if len(batches) > 1 else []
+    assert ingest(feed, cuts, window) == {
+        ("small", START, Outcome.DOWNLOAD, None): 1,
+        ("small", START + 5, Outcome.WINDOW_REPEAT, None): 1,
+    }

@@ -153,6 +153,7 @@ async def query_downloads(
     start_us: int,
     end_us: int,
     podcast_id: str = "",
+    time_zone: str = "",
 ) -> int:
     answer = await analytics.QueryMetrics(
         pb.QueryMetricsRequest(
@@ -160,6 +161,7 @@ async def query_downloads(
             end_time=seconds(end_us),
             granularity=pb.GRANULARITY_TOTAL,
             podcast_id=podcast_id,
+            time_zone=time_zone,
         ),
         metadata=bearer(key),
     )
@@ -337,10 +339,14 @@ async def test_funnel_adds_up_matches_downloads_and_survives_a_rebuild(
     assert whole.download_count > 0
     assert whole.time_zone == time_zone
 
-    # Any shorter period, podcast or episode: the same arithmetic, QueryMetrics' downloads.
+    # Any shorter period, in the tenant's days or UTC days, podcast or episode: the same
+    # arithmetic, and QueryMetrics' downloads.
     day = (start + 20 * HOUR_US, start + 30 * HOUR_US)
     check_arithmetic(part := await funnel(analytics, owner, *day))
     assert part.download_count == await query_downloads(analytics, owner, *day)
+    check_arithmetic(utc := await funnel(analytics, owner, *day, time_zone="UTC"))
+    assert utc.download_count == await query_downloads(analytics, owner, *day, time_zone="UTC")
+    assert utc.time_zone == "UTC"
     podcasts = sorted({e.podcast_id for e in seeded.episodes})
     per_podcast = [await funnel(analytics, owner, *period, podcast_id=p) for p in podcasts]
     per_episode = [
@@ -372,6 +378,7 @@ async def test_funnel_adds_up_matches_downloads_and_survives_a_rebuild(
     await rebuild(analytics, owner, start - 2 * HOUR_US)
     assert numbers(await funnel(analytics, owner, *period)) == numbers(whole)
     assert numbers(await funnel(analytics, owner, *day)) == numbers(part)
+    assert numbers(await funnel(analytics, owner, *day, time_zone="UTC")) == numbers(utc)
 
 
 async def test_another_tenant_sees_nothing_of_the_funnel(
