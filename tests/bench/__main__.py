@@ -14,6 +14,7 @@ import sys
 
 BENCHMARKS = (
     "tests.bench.counting",
+    "tests.bench.counting_funnel",
     "tests.bench.catalog",
     "tests.bench.analytics_ingest",
     "tests.bench.analytics_queries",

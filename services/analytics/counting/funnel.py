@@ -132,23 +132,25 @@ def funnel_changes(
         (request.episode_id, bucket(request.time_us), on_arrival[arrival], reason)
         for request, (arrival, reason) in zip(requests, outcomes, strict=True)
     )
-    for downloads, sign in ((delta.downloads_added, 1), (delta.downloads_removed, -1)):
-        for download in downloads:
-            when = bucket(download.time_us)
-            _first(changes, download.episode_id, when, Outcome.DOWNLOAD, sign)
-    for windows, sign in ((delta.uncounted_added, 1), (delta.uncounted_removed, -1)):
-        for window in windows:
-            when = bucket(window.time_us)
-            _first(changes, window.episode_id, when, Outcome.BELOW_THRESHOLD, sign)
+    for firsts, outcome, sign in (
+        (delta.downloads_added, Outcome.DOWNLOAD, 1),
+        (delta.downloads_removed, Outcome.DOWNLOAD, -1),
+        (delta.uncounted_added, Outcome.BELOW_THRESHOLD, 1),
+        (delta.uncounted_removed, Outcome.BELOW_THRESHOLD, -1),
+    ):
+        if firsts:
+            at = Counter((first.episode_id, bucket(first.time_us)) for first in firsts)
+            for (episode_id, when), n in at.items():
+                _first(changes, episode_id, when, outcome, sign * n)
     return {key: n for key, n in changes.items() if n}
 
 
 def _first(
-    changes: dict[FunnelKey[T], int], episode_id: str, when: T, outcome: Outcome, sign: int
+    changes: dict[FunnelKey[T], int], episode_id: str, when: T, outcome: Outcome, n: int
 ) -> None:
-    """A window's first request as ``outcome`` (sign 1) or back to a repeat (sign -1)."""
-    changes[(episode_id, when, outcome, None)] += sign
-    changes[(episode_id, when, Outcome.WINDOW_REPEAT, None)] -= sign
+    """``n`` windows' first requests as ``outcome`` (from repeats; back when n < 0)."""
+    changes[(episode_id, when, outcome, None)] += n
+    changes[(episode_id, when, Outcome.WINDOW_REPEAT, None)] -= n
 
 
 def add_funnels(total: dict[FunnelKey[T], int], more: Mapping[FunnelKey[T], int]) -> None:
