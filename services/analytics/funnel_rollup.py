@@ -79,8 +79,7 @@ class FunnelScope:
 class FunnelRollup:
     """Funnel deltas of one transaction, summed per row before they are written."""
 
-    def __init__(self, scope: FunnelScope, podcasts: Mapping[str, str]) -> None:
-        self._podcasts = podcasts
+    def __init__(self, scope: FunnelScope) -> None:
         self._counting = _Days(counting_zone(scope.window, scope.time_zone))
         self._zones: tuple[tuple[str, _Days], ...] = (("UTC", _Days("UTC")),) + (
             (("local", _Days(scope.time_zone)),) if scope.time_zone not in _UTC_NAMES else ()
@@ -112,7 +111,9 @@ class FunnelRollup:
             for zone, day in days:
                 self.rows[(zone, day, episode, outcome.value, text, counting_day)] += n
 
-    async def write(self, conn: asyncpg.Connection, tenant_id: uuid.UUID) -> None:
+    async def write(
+        self, conn: asyncpg.Connection, tenant_id: uuid.UUID, podcasts: Mapping[str, str]
+    ) -> None:
         """Adds the deltas to the stored rows; rows brought to zero go, so the table holds
         the same rows however its requests arrived (and as a rebuild writes them)."""
         rows = [(k, n) for k, n in self.rows.items() if n]
@@ -128,7 +129,7 @@ class FunnelRollup:
             DO UPDATE SET requests = f.requests + EXCLUDED.requests
             """,
             tenant_id,
-            *_columns(rows, self._podcasts),
+            *_columns(rows, podcasts),
         )
         lowered = [k for k, n in rows if n < 0]
         if lowered:

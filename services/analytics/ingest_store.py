@@ -52,7 +52,6 @@ from services.analytics.counting.funnel import (
     Arrival,
     FunnelKey,
     Outcome,
-    add_funnels,
     arrivals,
     funnel_changes,
 )
@@ -113,6 +112,10 @@ class Counted:
     encoded: dict[tuple[str, bytes, int], bytes]
     # The tenant's counting version the states it counted on lead to.
     version: int
+    # Parallel to the requests counted: filtered (why), late or countable.
+    outcomes: list[tuple[Arrival, FilterReason | None]]
+    # The counting funnel's changes (duplicates are added under the lock).
+    funnel: FunnelRollup
 
 
 @dataclass(eq=False)
@@ -298,7 +301,7 @@ class IngestStore:
             early = None
             if fresh and previous is not None and rules.days is not None:
                 early = await self._count_early(
-                    conn, tenant_id, fresh, media, rules, watermark_us, previous
+                    conn, tenant_id, fresh, media, counting, watermark_us, previous
                 )
             version = await begin_counting(conn, tenant_id)
             handoff.locked.set()
@@ -306,23 +309,20 @@ class IngestStore:
                 counted = early
             else:
                 states = await self._load_states(conn, tenant_id, fresh, rules)
-                counted = _count(fresh, states, media, rules, watermark_us, version)
+                counted = _count(fresh, states, media, counting, watermark_us, version)
             handoff.settle(counted)
             accepted = sum(result.accepted)
             if accepted:
                 await self._charge(conn, tenant_id, accepted, counting)
-            outcomes = arrivals(fresh, counted.delta, rules)
-            result.arrivals = _batch_arrivals(result.accepted, outcomes)
+            result.arrivals = _batch_arrivals(result.accepted, counted.outcomes)
             if fresh:
                 await self._write_states(conn, tenant_id, counted)
                 result.counted = await self._write_counts(
                     conn, tenant_id, counted.delta, podcasts, counting
                 )
-            rollup = FunnelRollup(FunnelScope(counting.window, counting.time_zone), podcasts)
-            funnel = funnel_changes(fresh, outcomes, counted.delta, rollup.bucket)
-            add_funnels(funnel, _duplicates(batches, new, rollup.bucket))
-            rollup.add(funnel)
-            await rollup.write(conn, tenant_id)
+            funnel = counted.funnel
+            funnel.add(_duplicates(batches, new, funnel.bucket))
+            await funnel.write(conn, tenant_id, podcasts)
         return result
 
     async def _count_early(
@@ -331,13 +331,14 @@ class IngestStore:
         tenant_id: uuid.UUID,
         requests: list[ListenerRequest],
         media: Mapping[str, EpisodeMedia],
-        rules: CountingRules,
+        counting: TenantCounting,
         watermark_us: int,
         previous: Handoff,
     ) -> Counted | None:
         """Counts before the lock, on the states as they will be once the transaction
         before commits: what is stored now, and what that one writes. Right when no
         other counting transaction commits in between, which the version shows."""
+        rules = counting.rules
         stored = await self._load_states(conn, tenant_id, requests, rules)
         await previous.settled.wait()
         before = previous.counted
@@ -354,7 +355,7 @@ class IngestStore:
             if key not in states and key in before.encoded:
                 states[key] = decode(before.encoded[key])
         return _count(
-            requests, list(states.values()), media, rules, watermark_us, before.version + 1
+            requests, list(states.values()), media, counting, watermark_us, before.version + 1
         )
 
     async def _insert_raw(self, conn: asyncpg.Connection, rows: list[RawRow]) -> list[bool]:
@@ -605,10 +606,11 @@ def _count(
     requests: list[ListenerRequest],
     states: list[WindowState],
     media: Mapping[str, EpisodeMedia],
-    rules: CountingRules,
+    counting: TenantCounting,
     watermark_us: int,
     version: int,
 ) -> Counted:
+    rules = counting.rules
     accumulator = DownloadAccumulator(rules)
     # Before any state is loaded: requests for windows closed before the watermark,
     # whose state may already be pruned, are left to RebuildCounts.
@@ -616,7 +618,12 @@ def _count(
     accumulator.load(states)
     delta = accumulator.apply(requests, media)
     encoded = {_window_key(w): encode(w) for w in delta.changed_windows}
-    return Counted(delta, encoded, version)
+    # Here rather than under the lock: the early count runs this beside the writes of
+    # the transaction before.
+    outcomes = arrivals(requests, delta, rules)
+    funnel = FunnelRollup(FunnelScope(counting.window, counting.time_zone))
+    funnel.add(funnel_changes(requests, outcomes, delta, funnel.bucket))
+    return Counted(delta, encoded, version, outcomes, funnel)
 
 
 def day_index_of(row: RawRow) -> int:

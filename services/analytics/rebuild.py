@@ -384,9 +384,9 @@ async def _rebuild_day(
         await recompute_cubes(conn, tenant_id, chunk, day_start, read_end, plan.time_zone)
         # Requests a window of the day before covers (rolling windows) are its repeats.
         await forget_counting_day(conn, tenant_id, chunk, plan.funnel.counting_date(day_start))
-        funnel = FunnelRollup(plan.funnel, podcasts)
+        funnel = FunnelRollup(plan.funnel)
         funnel.add(funnel_of_day(scanned, windows, rules, day_start, day_end, funnel.bucket))
-        await funnel.write(conn, tenant_id)
+        await funnel.write(conn, tenant_id, podcasts)
     return outcome
 
 

@@ -41,7 +41,7 @@ def one_pass(rows: list[Row], media: dict[str, EpisodeMedia]) -> tuple[float, fl
         started = time.perf_counter()
         delta = accumulator.apply(batch, media)
         applied = time.perf_counter()
-        rollup = FunnelRollup(scope, {episode: episode for episode in media})
+        rollup = FunnelRollup(scope)
         rollup.add(funnel_changes(batch, arrivals(batch, delta, rules), delta, rollup.bucket))
         funneled = time.perf_counter()
         apply_s += applied - started
