@@ -13,11 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from services.analytics import insights
+from services.analytics import funnel_report, funnel_rollup, insights
 from services.analytics import metrics_repository as repo
 from services.analytics.buckets import DAY, day_start, local_date, time_zone
-from services.analytics.funnel_report import FunnelPeriod, funnel_period
-from services.analytics.funnel_rollup import FunnelTotals, read_funnel
 from services.analytics.metrics_repository import ReleaseSpan
 from services.analytics.peers import CatalogReleases, ClockSource, Metadata
 from services.analytics.reports import (
@@ -158,12 +156,12 @@ class MetricsReader:
         start: datetime | None,
         end: datetime | None,
         zone_name: str,
-    ) -> tuple[FunnelPeriod, FunnelTotals, Methodology]:
+    ) -> tuple[funnel_report.FunnelPeriod, funnel_rollup.FunnelTotals, Methodology]:
         """Where the requests of the days covering [start, end) ended up."""
         clock = await self._clocks.clock(tenant_id)
-        period = funnel_period(clock, start, end, zone_name, scope)
+        period = funnel_report.funnel_period(clock, start, end, zone_name, scope)
         async with self._db.tenant_transaction(tenant_id) as conn:
-            totals = await read_funnel(
+            totals = await funnel_rollup.read_funnel(
                 conn, tenant_id, period.cube_zone, period.first_day, period.end_day, *scope
             )
         return period, totals, self._methodology(clock, period.zone_name)
