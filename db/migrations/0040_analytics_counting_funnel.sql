@@ -26,9 +26,11 @@ CREATE TABLE counting_funnel (
 -- What a rebuild replaces: one counting day of some episodes.
 CREATE INDEX counting_funnel_by_counting_day
     ON counting_funnel (tenant_id, episode_id, counting_day);
--- A podcast's funnel without reading every episode's.
+-- A podcast's or an episode's funnel without reading every episode's.
 CREATE INDEX counting_funnel_by_podcast
     ON counting_funnel (tenant_id, zone, podcast_id, day);
+CREATE INDEX counting_funnel_by_episode
+    ON counting_funnel (tenant_id, zone, episode_id, day);
 
 ALTER TABLE counting_funnel ENABLE ROW LEVEL SECURITY;
 ALTER TABLE counting_funnel FORCE ROW LEVEL SECURITY;
