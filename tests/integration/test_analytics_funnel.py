@@ -24,6 +24,7 @@ from services.analytics.counting import (
     CountingWindow,
     IpHasher,
     ListenerRequest,
+    compile_rules,
 )
 from services.analytics.counting.funnel import Outcome, funnel_of_requests
 from tests.analytics_ingest_support import (
@@ -446,3 +447,43 @@ async def test_bad_funnel_requests_are_invalid_arguments(
         )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (raised.value.details() or "")
+
+
+async def test_batches_sharing_a_transaction_are_acknowledged_each_with_its_own_counts(
+    seeded: IngestTenant, gateway_channel: grpc.aio.Channel, stack: Stack
+) -> None:
+    """Many batches in flight on one stream go into shared transactions (group commit);
+    each acknowledgement still counts exactly its own records."""
+    analytics = analytics_pb2_grpc.AnalyticsServiceStub(gateway_channel)
+    start = now_us() - 2 * HOUR_US
+    records = list(listener_traffic(seeded.episodes, 2400, start_us=start, span_us=HOUR_US))
+    sent = list(batches(records, 150))
+
+    async def stream() -> AsyncIterator[pb.StreamListenerEventsRequest]:
+        for sequence, batch in enumerate(sent, start=1):
+            yield pb.StreamListenerEventsRequest(sequence=sequence, requests=batch)
+
+    acks = [
+        ack
+        async for ack in analytics.StreamListenerEvents(
+            stream(), metadata=bearer(seeded.ingest_key)
+        )
+    ]
+
+    reason_of = compile_rules(CountingSettings()).filter.reason
+    assert [ack.sequence for ack in acks] == list(range(1, len(sent) + 1))
+    for ack, batch in zip(acks, sent, strict=True):
+        reasons = Counter(reason_of(r) for r in anonymised(batch, seeded, stack))
+        filtered = {
+            pb.FilterReason.Name(c.reason).removeprefix("FILTER_REASON_").lower(): c.count
+            for c in ack.filtered_counts
+        }
+        assert filtered == {r.value: n for r, n in reasons.items() if r is not None}
+        assert (ack.accepted_count, ack.late_count, ack.countable_count) == (
+            len(batch),
+            0,
+            reasons[None],
+        )
+    got = await funnel(analytics, seeded.tenant.owner_key, start - DAY_US, now_us() + HOUR_US)
+    assert got.countable_count == sum(ack.countable_count for ack in acks)
+    assert got.filtered_count == sum(c.count for ack in acks for c in ack.filtered_counts)
