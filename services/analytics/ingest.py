@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from pydantic import Field
@@ -39,10 +40,12 @@ from services.analytics.counting import (
     compile_rules,
 )
 from services.analytics.counting_settings import CountingSettingsStore
+from services.analytics.funnel_report import filter_reason_counts
 from services.analytics.ingest_limits import RateLimiter
 from services.analytics.ingest_peers import EpisodeResolver
 from services.analytics.ingest_records import check_batch, episode_references
 from services.analytics.ingest_store import (
+    BatchArrivals,
     GroupResult,
     Handoff,
     IngestStore,
@@ -94,13 +97,26 @@ class BatchOutcome:
     accepted: int
     duplicates: int
     rejections: Sequence[pb.Rejection]
+    arrivals: BatchArrivals = field(default_factory=BatchArrivals)
+
+    def counts(self) -> dict[str, Any]:
+        """The acknowledgement's counts, the same in both responses."""
+        arrivals = self.arrivals
+        return {
+            "accepted_count": self.accepted,
+            "duplicate_count": self.duplicates,
+            "rejections": self.rejections,
+            "filtered_counts": filter_reason_counts(arrivals.filtered),
+            "late_count": arrivals.late,
+            "countable_count": arrivals.countable,
+        }
 
 
 @dataclass(slots=True)
 class _Pending:
     batch: StagedBatch
     counting: TenantCounting
-    done: asyncio.Future[int]
+    done: asyncio.Future[BatchArrivals]
 
 
 @dataclass(slots=True)
@@ -226,12 +242,7 @@ class Ingestor:
                     raise item
                 sequence, task = item
                 outcome = await task
-                yield pb.StreamListenerEventsResponse(
-                    sequence=sequence,
-                    accepted_count=outcome.accepted,
-                    duplicate_count=outcome.duplicates,
-                    rejections=outcome.rejections,
-                )
+                yield pb.StreamListenerEventsResponse(sequence=sequence, **outcome.counts())
                 slots.release()
         finally:
             reader.cancel()
@@ -249,11 +260,7 @@ class Ingestor:
         outcome = await self._ingest(
             current_tenant_id(), current_principal(), request.requests, credentials
         )
-        return pb.IngestListenerEventsResponse(
-            accepted_count=outcome.accepted,
-            duplicate_count=outcome.duplicates,
-            rejections=outcome.rejections,
-        )
+        return pb.IngestListenerEventsResponse(**outcome.counts())
 
     # --- one batch -----------------------------------------------------------------
 
@@ -321,6 +328,7 @@ class Ingestor:
             media=resolution.media,
             podcasts={e.episode_id: e.podcast_id for e in resolution.by_id.values()}
             | {e.episode_id: e.podcast_id for e in resolution.by_url.values()},
+            repeated=checked.repeated,
         )
         counting = TenantCounting(
             rules=rules,
@@ -330,8 +338,13 @@ class Ingestor:
         )
         if after is not None:
             await after.wait()
-        accepted = await self._commit(tenant_id, staged, counting, queued)
-        return BatchOutcome(accepted, len(checked.rows) - accepted + checked.duplicates, rejections)
+        arrivals = await self._commit(tenant_id, staged, counting, queued)
+        return BatchOutcome(
+            arrivals.accepted,
+            len(checked.rows) - arrivals.accepted + checked.duplicates,
+            rejections,
+            arrivals,
+        )
 
     def _hasher(self, tenant_id: uuid.UUID) -> IpHasher:
         hasher = self._hashers.get(tenant_id)
@@ -369,9 +382,9 @@ class Ingestor:
         batch: StagedBatch,
         counting: TenantCounting,
         queued: asyncio.Event | None,
-    ) -> int:
+    ) -> BatchArrivals:
         committer = self._committers.setdefault(tenant_id, _Committer())
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[BatchArrivals] = asyncio.get_running_loop().create_future()
         committer.pending.append(_Pending(batch, counting, done))
         if queued is not None:
             queued.set()
@@ -457,9 +470,9 @@ class Ingestor:
         result = await self._store.commit(
             tenant_id, [p.batch for p in group], counting, watermark_us, handoff, previous
         )
-        for pending, accepted in zip(group, result.accepted, strict=True):
+        for pending, arrivals in zip(group, result.arrivals, strict=True):
             if not pending.done.done():
-                pending.done.set_result(accepted)
+                pending.done.set_result(arrivals)
         self._forward_live(tenant_id, committer, result)
 
     # --- live counters -------------------------------------------------------------
@@ -497,13 +510,13 @@ def _forget_handoff(committer: _Committer, handoff: Handoff | None) -> None:
         committer.last = None
 
 
-def _observed(done: asyncio.Future[int]) -> None:
+def _observed(done: asyncio.Future[BatchArrivals]) -> None:
     """Marks a failure seen even when its batch's stream went away before it."""
     if not done.cancelled():
         done.exception()
 
 
-def _fail(done: asyncio.Future[int], error: BaseException) -> None:
+def _fail(done: asyncio.Future[BatchArrivals], error: BaseException) -> None:
     if not done.done():
         done.set_exception(error)
 

@@ -121,6 +121,8 @@ class CheckedBatch:
     rejections: list[Rejected] = field(default_factory=list)
     # Records repeating an earlier record of the same batch (same id and time).
     duplicates: int = 0
+    # Their (episode id, request time), for the counting funnel.
+    repeated: list[tuple[str, int]] = field(default_factory=list)
 
 
 def episode_references(records: Iterable[pb.ListenerRequest]) -> tuple[set[str], set[str]]:
@@ -323,6 +325,7 @@ async def check_batch(
         identity = (request_id, time_us)
         if identity in seen:
             batch.duplicates += 1
+            batch.repeated.append((episode.episode_id, time_us))
             continue
         seen.add(identity)
         excluded = False

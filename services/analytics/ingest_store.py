@@ -43,11 +43,20 @@ from services.analytics.counting import (
     Download,
     DownloadAccumulator,
     EpisodeMedia,
+    FilterReason,
     ListenerRequest,
     WindowState,
     from_us,
 )
+from services.analytics.counting.funnel import (
+    Arrival,
+    FunnelKey,
+    Outcome,
+    arrivals,
+    funnel_changes,
+)
 from services.analytics.counting.user_agents import UNKNOWN
+from services.analytics.funnel_rollup import Bucket, FunnelRollup, FunnelScope
 from services.analytics.ingest_records import RAW_COLUMNS, RawRow
 from services.analytics.ingest_state import decode, encode
 from services.analytics.live import CountedDownloads, EpisodeRequests
@@ -81,6 +90,8 @@ class StagedBatch:
     requests: list[ListenerRequest]
     media: Mapping[str, EpisodeMedia]
     podcasts: Mapping[str, str]
+    # (episode id, request time) of the records dropped as repeats within the batch.
+    repeated: Sequence[tuple[str, int]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +112,10 @@ class Counted:
     encoded: dict[tuple[str, bytes, int], bytes]
     # The tenant's counting version the states it counted on lead to.
     version: int
+    # Parallel to the requests counted: filtered (why), late or countable.
+    outcomes: list[tuple[Arrival, FilterReason | None]]
+    # The counting funnel's changes (duplicates are added under the lock).
+    funnel: FunnelRollup
 
 
 @dataclass(eq=False)
@@ -124,9 +139,24 @@ class Handoff:
 
 
 @dataclass(slots=True)
+class BatchArrivals:
+    """What counting made of a batch's rows stored for the first time (its acknowledgement)."""
+
+    accepted: int = 0
+    filtered: dict[FilterReason, int] = field(default_factory=dict)
+    late: int = 0
+
+    @property
+    def countable(self) -> int:
+        return self.accepted - sum(self.filtered.values()) - self.late
+
+
+@dataclass(slots=True)
 class GroupResult:
     # Per batch, in the order given: rows stored for the first time.
     accepted: list[int]
+    # Per batch, in the order given: how those rows were counted.
+    arrivals: list[BatchArrivals] = field(default_factory=list)
     # For the live counters.
     requests: list[EpisodeRequests] = field(default_factory=list)
     counted: list[CountedDownloads] = field(default_factory=list)
@@ -271,7 +301,7 @@ class IngestStore:
             early = None
             if fresh and previous is not None and rules.days is not None:
                 early = await self._count_early(
-                    conn, tenant_id, fresh, media, rules, watermark_us, previous
+                    conn, tenant_id, fresh, media, counting, watermark_us, previous
                 )
             version = await begin_counting(conn, tenant_id)
             handoff.locked.set()
@@ -279,16 +309,20 @@ class IngestStore:
                 counted = early
             else:
                 states = await self._load_states(conn, tenant_id, fresh, rules)
-                counted = _count(fresh, states, media, rules, watermark_us, version)
+                counted = _count(fresh, states, media, counting, watermark_us, version)
             handoff.settle(counted)
             accepted = sum(result.accepted)
             if accepted:
                 await self._charge(conn, tenant_id, accepted, counting)
+            result.arrivals = _batch_arrivals(result.accepted, counted.outcomes)
             if fresh:
                 await self._write_states(conn, tenant_id, counted)
                 result.counted = await self._write_counts(
                     conn, tenant_id, counted.delta, podcasts, counting
                 )
+            funnel = counted.funnel
+            funnel.add(_duplicates(batches, new, funnel.bucket))
+            await funnel.write(conn, tenant_id, podcasts)
         return result
 
     async def _count_early(
@@ -297,13 +331,14 @@ class IngestStore:
         tenant_id: uuid.UUID,
         requests: list[ListenerRequest],
         media: Mapping[str, EpisodeMedia],
-        rules: CountingRules,
+        counting: TenantCounting,
         watermark_us: int,
         previous: Handoff,
     ) -> Counted | None:
         """Counts before the lock, on the states as they will be once the transaction
         before commits: what is stored now, and what that one writes. Right when no
         other counting transaction commits in between, which the version shows."""
+        rules = counting.rules
         stored = await self._load_states(conn, tenant_id, requests, rules)
         await previous.settled.wait()
         before = previous.counted
@@ -320,7 +355,7 @@ class IngestStore:
             if key not in states and key in before.encoded:
                 states[key] = decode(before.encoded[key])
         return _count(
-            requests, list(states.values()), media, rules, watermark_us, before.version + 1
+            requests, list(states.values()), media, counting, watermark_us, before.version + 1
         )
 
     async def _insert_raw(self, conn: asyncpg.Connection, rows: list[RawRow]) -> list[bool]:
@@ -534,14 +569,50 @@ def _sort_new(
     return result, fresh, media, podcasts
 
 
+def _batch_arrivals(
+    accepted: list[int], outcomes: list[tuple[Arrival, FilterReason | None]]
+) -> list[BatchArrivals]:
+    """Per batch: the outcomes of its fresh requests (in batch order, as counted)."""
+    result: list[BatchArrivals] = []
+    position = 0
+    for stored in accepted:
+        batch = BatchArrivals(accepted=stored)
+        for arrival, reason in outcomes[position : position + stored]:
+            if reason is not None:
+                batch.filtered[reason] = batch.filtered.get(reason, 0) + 1
+            elif arrival is Arrival.LATE:
+                batch.late += 1
+        position += stored
+        result.append(batch)
+    return result
+
+
+def _duplicates(
+    batches: Sequence[StagedBatch], new: list[bool], bucket: Callable[[int], Bucket]
+) -> dict[FunnelKey[Bucket], int]:
+    """The funnel's duplicates: rows stored before, and repeats within a batch."""
+    funnel: dict[FunnelKey[Bucket], int] = defaultdict(int)
+    position = 0
+    for batch in batches:
+        for request in batch.requests:
+            if not new[position]:
+                key = (request.episode_id, bucket(request.time_us), Outcome.DUPLICATE, None)
+                funnel[key] += 1
+            position += 1
+        for episode_id, time_us in batch.repeated:
+            funnel[(episode_id, bucket(time_us), Outcome.DUPLICATE, None)] += 1
+    return funnel
+
+
 def _count(
     requests: list[ListenerRequest],
     states: list[WindowState],
     media: Mapping[str, EpisodeMedia],
-    rules: CountingRules,
+    counting: TenantCounting,
     watermark_us: int,
     version: int,
 ) -> Counted:
+    rules = counting.rules
     accumulator = DownloadAccumulator(rules)
     # Before any state is loaded: requests for windows closed before the watermark,
     # whose state may already be pruned, are left to RebuildCounts.
@@ -549,7 +620,12 @@ def _count(
     accumulator.load(states)
     delta = accumulator.apply(requests, media)
     encoded = {_window_key(w): encode(w) for w in delta.changed_windows}
-    return Counted(delta, encoded, version)
+    # Here rather than under the lock: the early count runs this beside the writes of
+    # the transaction before.
+    outcomes = arrivals(requests, delta, rules)
+    funnel = FunnelRollup(FunnelScope(counting.window, counting.time_zone))
+    funnel.add(funnel_changes(requests, outcomes, delta, funnel.bucket))
+    return Counted(delta, encoded, version, outcomes, funnel)
 
 
 def day_index_of(row: RawRow) -> int:

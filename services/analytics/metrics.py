@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from services.analytics import insights
+from services.analytics import funnel_report, funnel_rollup, insights
 from services.analytics import metrics_repository as repo
 from services.analytics.buckets import DAY, day_start, local_date
 from services.analytics.metrics_repository import ReleaseSpan
@@ -151,6 +151,23 @@ class MetricsReader:
                 ]
         report = assemble(plan, counts, sketches, self._methodology(clock, plan.zone_name))
         return report, plan
+
+    async def counting_funnel(
+        self,
+        tenant_id: uuid.UUID,
+        scope: tuple[uuid.UUID | None, uuid.UUID | None],
+        start: datetime | None,
+        end: datetime | None,
+        zone_name: str,
+    ) -> tuple[funnel_report.FunnelPeriod, funnel_rollup.FunnelTotals, Methodology]:
+        """Where the requests of the days covering [start, end) ended up."""
+        clock = await self._clocks.clock(tenant_id)
+        period = funnel_report.funnel_period(clock, start, end, zone_name, scope)
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            totals = await funnel_rollup.read_funnel(
+                conn, tenant_id, period.cube_zone, period.first_day, period.end_day, *scope
+            )
+        return period, totals, self._methodology(clock, period.zone_name)
 
     async def export(self, tenant_id: uuid.UUID, query: MetricsQuery) -> str:
         report, plan = await self.query(tenant_id, query, EXPORT_LIMITS)

@@ -21,6 +21,7 @@ _BY_METHOD: dict[str, MethodRule] = {
     "GetForecast": Permission.ANALYTICS_READ,
     "RebuildCounts": Permission.ANALYTICS_ADMIN,
     "GetCountRebuild": Permission.ANALYTICS_READ,
+    "GetCountingFunnel": Permission.ANALYTICS_READ,
     "GetCountingSettings": Permission.ANALYTICS_READ,
     "UpdateCountingSettings": Permission.ANALYTICS_ADMIN,
 }

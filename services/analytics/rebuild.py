@@ -56,7 +56,9 @@ from services.analytics.counting import (
     from_us,
     to_us,
 )
+from services.analytics.counting.funnel import funnel_of_day
 from services.analytics.counting_settings import CountingSettingsStore
+from services.analytics.funnel_rollup import FunnelRollup, FunnelScope, forget_counting_day
 from services.analytics.ingest_peers import EpisodeResolver
 from services.analytics.ingest_state import encode
 from services.analytics.ingest_store import (
@@ -104,6 +106,10 @@ class Plan:
     @property
     def rolling(self) -> bool:
         return self.rules_settings.window is CountingWindow.ROLLING_24H
+
+    @property
+    def funnel(self) -> FunnelScope:
+        return FunnelScope(self.rules_settings.window, self.time_zone)
 
 
 class CountRebuilder:
@@ -355,7 +361,7 @@ async def _rebuild_day(
         size += row["n"]
     outcome = DayOutcome(0, 0, 0, {})
     for chunk in chunks:
-        requests = await _raw_requests(conn, chunk, day_start, read_end)
+        scanned = requests = await _raw_requests(conn, chunk, day_start, read_end)
         outcome.scanned += len(requests)
         if seeds is not None:
             requests = [
@@ -379,6 +385,11 @@ async def _rebuild_day(
         outcome.after += len(downloads)
         await _write_states(conn, tenant_id, windows, plan.watermark_us)
         await recompute_cubes(conn, tenant_id, chunk, day_start, read_end, plan.time_zone)
+        # Requests a window of the day before covers (rolling windows) are its repeats.
+        await forget_counting_day(conn, tenant_id, chunk, plan.funnel.counting_date(day_start))
+        funnel = FunnelRollup(plan.funnel)
+        funnel.add(funnel_of_day(scanned, windows, rules, day_start, day_end, funnel.bucket))
+        await funnel.write(conn, tenant_id, podcasts)
     return outcome
 
 

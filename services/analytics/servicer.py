@@ -18,6 +18,7 @@ from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 
 from services.analytics.counting_settings import CountingSettingsPatch, CountingSettingsStore
+from services.analytics.funnel_report import funnel_to_pb
 from services.analytics.ingest import Ingestor
 from services.analytics.insights import AnomalyDirection
 from services.analytics.metrics import MetricsReader
@@ -354,6 +355,23 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             confidence_level=result.confidence_level,
             history_days=result.history_days,
             methodology=methodology_to_pb(method),
+        )
+
+    async def GetCountingFunnel(
+        self, request: pb.GetCountingFunnelRequest, context: Any
+    ) -> pb.GetCountingFunnelResponse:
+        period, totals, method = await self._metrics.counting_funnel(
+            current_tenant_id(),
+            (
+                optional_uuid(request.podcast_id, "podcast_id"),
+                optional_uuid(request.episode_id, "episode_id"),
+            ),
+            instant(request, "start_time"),
+            instant(request, "end_time"),
+            request.time_zone,
+        )
+        return pb.GetCountingFunnelResponse(
+            counting_funnel=funnel_to_pb(period, totals), methodology=methodology_to_pb(method)
         )
 
     # Counting settings

@@ -14,6 +14,7 @@ import sys
 
 BENCHMARKS = (
     "tests.bench.counting",
+    "tests.bench.counting_funnel",
     "tests.bench.catalog",
     "tests.bench.catalog_import_isolation",
     "tests.bench.analytics_ingest",

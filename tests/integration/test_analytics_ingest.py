@@ -176,7 +176,14 @@ async def test_json_batches_through_the_gateway(
     )
 
     assert sum(a["acceptedCount"] for a in answers) == len(records)
-    assert resent.json() == {"acceptedCount": 0, "duplicateCount": 10, "rejections": []}
+    assert resent.json() == {
+        "acceptedCount": 0,
+        "duplicateCount": 10,
+        "rejections": [],
+        "filteredCounts": [],
+        "lateCount": 0,
+        "countableCount": 0,
+    }
     expected = expected_counts(
         records, seeded.episodes, stack.secrets.ip_hash_secret, seeded.tenant.id
     )

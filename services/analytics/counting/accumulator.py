@@ -43,6 +43,10 @@ window ending at or before it are reported as ``late_requests`` rather than
 counted (the rebuild command counts them from raw requests). The window is
 what decides, not the request's own time: with rolling windows, a request a
 little older than the watermark opens a window that is still open.
+
+For the counting funnel (:mod:`.funnel`) a delta also names the late requests
+and, like downloads, the windows reported as below the download threshold
+(``uncounted_added`` / ``uncounted_removed``, at their first request's time).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from typing import Any
 from .ads import delivered_slots
 from .downloads import is_download, is_full_response, rules_for
 from .filters import FilterReason
+from .funnel import UncountedWindow
 from .media import EpisodeMedia
 from .ranges import IntervalSet, served_interval
 from .records import AdDelivery, Download, ListenerRequest
@@ -81,6 +86,7 @@ class WindowState(IntervalSet):
 
     __slots__ = (
         "ads",
+        "below_us",
         "episode_id",
         "first_country",
         "first_us",
@@ -118,6 +124,8 @@ class WindowState(IntervalSet):
         self.reported_us = -1
         """Time of the download reported for this window; -1 while not counted."""
         self.reported_country = ""
+        self.below_us = -1
+        """Time of the window reported as below the threshold (for the funnel); -1 if not."""
         self.ads: tuple[str, ...] = ()
         """Ad slot ids reported as delivered in the download."""
         self.pieces: tuple[Piece, ...] | None = () if rolling else None
@@ -199,6 +207,8 @@ class WindowState(IntervalSet):
         if data["counted"]:
             state.reported_us = state.first_us
             state.reported_country = state.first_country
+        else:
+            state.below_us = state.first_us
         return state
 
 
@@ -216,6 +226,12 @@ class CountDelta:
     """Requests that passed the filters and were added to a window."""
     late_requests: int = 0
     """Countable requests for windows already evicted: left to the rebuild."""
+    late: list[ListenerRequest] = field(default_factory=list)
+    """Those requests themselves, for the counting funnel."""
+    uncounted_added: list[UncountedWindow] = field(default_factory=list)
+    """Windows now reported as below the download threshold (for the counting funnel)."""
+    uncounted_removed: list[UncountedWindow] = field(default_factory=list)
+    """Windows no longer reported so: counted since, moved or redrawn."""
     changed_windows: list[WindowState] = field(default_factory=list)
     """Windows created or updated: persist these."""
     dropped_windows: list[WindowState] = field(default_factory=list)
@@ -329,6 +345,7 @@ class DownloadAccumulator:
             start, end = bounds(time_us)
             if watermark is not None and end <= watermark:
                 late += 1
+                delta.late.append(request)
                 continue
             key = (request.listener_id, request.episode_id, start)
             state = windows.get(key)
@@ -406,6 +423,7 @@ class DownloadAccumulator:
                 )
             ):
                 delta.late_requests += 1
+                delta.late.append(request)
                 continue
             facts = media.get(request.episode_id)
             interval = served_interval(
@@ -482,10 +500,12 @@ class DownloadAccumulator:
                 state.reported_us = before.reported_us
                 state.reported_country = before.reported_country
                 state.ads = before.ads
+                state.below_us = before.below_us
             windows.append(state)
         facts = self._media(media, episode_id)
         for gone in previous.values():
             self._retract(gone, delta)
+            self._unmark_uncounted(gone, delta)
             delta.dropped_windows.append(gone)
         for state in windows:
             self._settle(state, facts, delta)
@@ -537,7 +557,12 @@ class DownloadAccumulator:
         """Brings what was reported for a window in line with its state."""
         if not is_download(state, state.full_response, facts):
             self._retract(state, delta)
+            if state.below_us != state.first_us:
+                self._unmark_uncounted(state, delta)
+                state.below_us = state.first_us
+                delta.uncounted_added.append(_uncounted(state, state.first_us))
             return
+        self._unmark_uncounted(state, delta)
         slots = delivered_slots(state, facts) if facts.ad_slots else ()
         if state.reported_us == state.first_us and state.reported_country == state.first_country:
             if slots != state.ads:
@@ -557,6 +582,12 @@ class DownloadAccumulator:
         delta.ads_added.extend(AdDelivery(current, s) for s in slots)
 
     @staticmethod
+    def _unmark_uncounted(state: WindowState, delta: CountDelta) -> None:
+        if state.below_us >= 0:
+            delta.uncounted_removed.append(_uncounted(state, state.below_us))
+            state.below_us = -1
+
+    @staticmethod
     def _retract(state: WindowState, delta: CountDelta) -> None:
         reported = state.download
         if reported is None:
@@ -565,3 +596,7 @@ class DownloadAccumulator:
         delta.ads_removed.extend(AdDelivery(reported, s) for s in state.ads)
         state.reported_us = -1
         state.ads = ()
+
+
+def _uncounted(state: WindowState, time_us: int) -> UncountedWindow:
+    return UncountedWindow(state.episode_id, state.listener_id, state.start_us, time_us)
