@@ -302,9 +302,21 @@ def expected_counts(
     settings: CountingSettings | None = None,
 ) -> CountResult:
     """What counting must produce for these records: the batch function over them."""
+    requests = anonymised(records, episodes, ip_hash_secret, tenant_id)
+    media = {e.episode_id: e.media for e in episodes}
+    return count_downloads(requests, media, settings or CountingSettings())
+
+
+def anonymised(
+    records: Iterable[pb.ListenerRequest],
+    episodes: Sequence[EpisodeSpec],
+    ip_hash_secret: str,
+    tenant_id: str,
+) -> list[ListenerRequest]:
+    """The records as counting sees them: episode resolved, addresses hashed."""
     hasher = IpHasher(ip_hash_secret.encode(), tenant_id)
     by_key = {e.episode_id: e for e in episodes} | {e.media_url: e for e in episodes}
-    requests = [
+    return [
         ListenerRequest.from_raw(
             request_id=r.id,
             time_us=r.request_time.ToMicroseconds(),
@@ -317,11 +329,10 @@ def expected_counts(
             range_header=r.range,
             bytes_served=r.bytes_served,
             country_code=r.country_code,
+            referer=r.referer,
         )
         for r in records
     ]
-    media = {e.episode_id: e.media for e in episodes}
-    return count_downloads(requests, media, settings or CountingSettings())
 
 
 # --- the client -----------------------------------------------------------------------

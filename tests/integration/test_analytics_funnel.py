@@ -6,7 +6,7 @@ QueryMetrics' downloads, is unchanged by RebuildCounts, and is the tenant's own.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 import httpx
@@ -22,8 +22,6 @@ from devstack.stack import Stack
 from services.analytics.counting import (
     CountingSettings,
     CountingWindow,
-    IpHasher,
-    ListenerRequest,
     compile_rules,
 )
 from services.analytics.counting.funnel import Outcome, funnel_of_requests
@@ -32,6 +30,7 @@ from tests.analytics_ingest_support import (
     LISTENER_AGENTS,
     IngestTenant,
     ResendingClient,
+    anonymised,
     batches,
     ingest_tenant,
     listener_traffic,
@@ -247,29 +246,6 @@ async def test_acknowledgements_split_accepted_records_by_outcome(
     assert after.download_count == await query_downloads(analytics, owner, start, end)
 
 
-def anonymised(
-    records: Sequence[pb.ListenerRequest], seeded: IngestTenant, stack: Stack
-) -> list[ListenerRequest]:
-    hasher = IpHasher(stack.secrets.ip_hash_secret.encode(), seeded.tenant.id)
-    by_key = {e.episode_id: e for e in seeded.episodes} | {e.media_url: e for e in seeded.episodes}
-    return [
-        ListenerRequest.from_raw(
-            request_id=r.id,
-            time_us=r.request_time.ToMicroseconds(),
-            episode_id=by_key[r.episode_id or r.media_url].episode_id,
-            client_ip=r.client_ip,
-            user_agent=r.user_agent,
-            hasher=hasher,
-            method=r.http_method,
-            status=r.status_code,
-            range_header=r.range,
-            bytes_served=r.bytes_served,
-            country_code=r.country_code,
-        )
-        for r in records
-    ]
-
-
 @pytest.mark.parametrize(
     ("window", "time_zone"),
     [
@@ -312,7 +288,9 @@ async def test_funnel_adds_up_matches_downloads_and_survives_a_rebuild(
     whole = await funnel(analytics, owner, *period)
     check_arithmetic(whole)
     expected = funnel_of_requests(
-        anonymised(records + resends, seeded, stack),
+        anonymised(
+            records + resends, seeded.episodes, stack.secrets.ip_hash_secret, seeded.tenant.id
+        ),
         {e.episode_id: e.media for e in seeded.episodes},
         CountingSettings(window=window, time_zone=time_zone),
     )
@@ -473,7 +451,12 @@ async def test_batches_sharing_a_transaction_are_acknowledged_each_with_its_own_
     reason_of = compile_rules(CountingSettings()).filter.reason
     assert [ack.sequence for ack in acks] == list(range(1, len(sent) + 1))
     for ack, batch in zip(acks, sent, strict=True):
-        reasons = Counter(reason_of(r) for r in anonymised(batch, seeded, stack))
+        reasons = Counter(
+            reason_of(r)
+            for r in anonymised(
+                batch, seeded.episodes, stack.secrets.ip_hash_secret, seeded.tenant.id
+            )
+        )
         filtered = {
             pb.FilterReason.Name(c.reason).removeprefix("FILTER_REASON_").lower(): c.count
             for c in ack.filtered_counts
