@@ -8,6 +8,7 @@ from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 from pydantic import Field
 
+from services.analytics.ad_deliveries import AdDeliveryCounter
 from services.analytics.counting_settings import CountingSettingsStore
 from services.analytics.ingest import IngestSettings, build_ingestion
 from services.analytics.metrics import MetricsReader
@@ -50,7 +51,15 @@ async def register(server: aio.Server, resources: Resources) -> None:
     reports: ReportCache[pb.QueryMetricsResponse] = ReportCache(
         resources.db, max_bytes=settings.query_cache_bytes, ttl_s=settings.query_cache_ttl_s
     )
-    servicer = AnalyticsServicer(metrics, watcher, counting_settings, ingestor, rebuilder, reports)
+    servicer = AnalyticsServicer(
+        metrics,
+        watcher,
+        counting_settings,
+        ingestor,
+        rebuilder,
+        reports,
+        AdDeliveryCounter(resources.db, tenants),
+    )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
 
 

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 
+from services.analytics.ad_deliveries import AdDeliveryCounter, SlotRange
 from services.analytics.counting_settings import CountingSettingsPatch, CountingSettingsStore
 from services.analytics.ingest import Ingestor
 from services.analytics.insights import AnomalyDirection
@@ -159,7 +160,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         ingestor: Ingestor,
         rebuilds: CountRebuilder,
         reports: ReportCache[pb.QueryMetricsResponse],
+        ad_deliveries: AdDeliveryCounter,
     ) -> None:
+        self._ad_deliveries = ad_deliveries
         self._metrics = metrics
         self._reports = reports
         self._watcher = watcher
@@ -376,3 +379,41 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             list(request.update_mask.paths),
         )
         return pb.UpdateCountingSettingsResponse(counting_settings=counting_settings_to_pb(stored))
+
+    # Campaign delivery
+
+    async def CountAdDeliveries(
+        self, request: pb.CountAdDeliveriesRequest, context: Any
+    ) -> pb.CountAdDeliveriesResponse:
+        ranges = []
+        for i, r in enumerate(request.ranges):
+            field = f"ranges[{i}]"
+            start, end = instant(r, "start_time"), instant(r, "end_time")
+            if start is None or end is None:
+                raise InvalidArgument.field(field, "start_time and end_time are required")
+            ranges.append(
+                SlotRange(
+                    ad_slot_id=parse_uuid(r.ad_slot_id, f"{field}.ad_slot_id"),
+                    episode_id=parse_uuid(r.episode_id, f"{field}.episode_id"),
+                    start=start,
+                    end=end,
+                )
+            )
+        counts = await self._ad_deliveries.count(current_tenant_id(), ranges)
+        return pb.CountAdDeliveriesResponse(
+            ranges=[
+                pb.AdSlotDeliveries(
+                    ad_slot_id=str(c.range.ad_slot_id),
+                    start_time=timestamp(c.range.start),
+                    end_time=timestamp(c.range.end),
+                    ads_delivered=c.total,
+                    days=[
+                        pb.DailyAdDeliveries(day_start_time=timestamp(day), ads_delivered=n)
+                        for day, n in c.days
+                    ],
+                )
+                for c in counts.ranges
+            ],
+            time_zone=counts.time_zone,
+            complete_until_time=timestamp(counts.complete_until),
+        )
