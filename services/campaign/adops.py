@@ -640,6 +640,11 @@ class AdOps:
         # One booking per campaign at a time: the budget check sees every commitment.
         campaign = await _campaign_or_fail(conn, item.campaign_id, for_update=True)
         item = await _line_item_or_fail(conn, request.line_item_id, for_update=True)
+        if request.request_id:
+            # A concurrent send of this request may have booked while we waited.
+            earlier = await repo.placement_by_request_id(conn, request.request_id)
+            if earlier is not None:
+                return _same_booking(earlier, request)
         sponsor = await _sponsor_or_fail(conn, campaign.sponsor_id)
         _check_open(campaign)
         _check_item_open(item)

@@ -504,7 +504,7 @@ async def insert_placement(
             start_byte, end_byte, state, impression_goal, flight, makegood_for_line_item_id,
             request_id, book_time)
         VALUES ($1, $2, $3, $4, $5, lower(btrim($6)), $7, $8, $9, $10, $11, $12, $13, $14, $15,
-            $16, $17, $18, CASE WHEN $14 = 1 THEN NULL ELSE now() END)
+            $16, $17, $18, CASE WHEN $14::smallint = 1 THEN NULL ELSE now() END)
         RETURNING *
         """,
         tenant_id,
