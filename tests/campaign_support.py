@@ -10,17 +10,25 @@ from typing import Any, TypeAlias
 
 import asyncpg
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
+from podmesh.analytics.v1 import analytics_pb2 as apb
 from podmesh.campaign.v1 import campaign_pb2 as cpb
 from podmesh.campaign.v1 import campaign_pb2_grpc
 from podmesh.catalog.v1 import catalog_pb2 as kpb
 from podmesh.catalog.v1 import catalog_pb2_grpc
 from podmesh.type.v1 import money_pb2
 
-from tests.support import bearer
+from tests.catalog.support import FeedServer
+from tests.support import TenantHandle, bearer
 
 CampaignStub: TypeAlias = "campaign_pb2_grpc.CampaignServiceAsyncStub"
 CatalogStub: TypeAlias = "catalog_pb2_grpc.CatalogServiceAsyncStub"
+MEDIA_BYTES = 52_428_800  # the enclosure length of apple.xml's first episode
+AD_START, AD_END = 1_000_000, 1_959_999
+RATE = 2500  # USD 25.00 CPM
+GOAL = 3000
+LISTENER_AGENT = "AppleCoreMedia/1.0.0.21E236 (iPhone; U; CPU OS 17_4 like Mac OS X; en_us)"
 CAMPAIGN_TABLES = (
     "sponsors",
     "campaigns",
@@ -185,3 +193,87 @@ async def row_counts(conn: asyncpg.Connection, tenant_id: str) -> dict[str, int]
             f"SELECT count(*) FROM {table} WHERE tenant_id = $1", uuid.UUID(tenant_id)
         )
     return counts
+
+
+async def imported_episode(
+    catalog: CatalogStub, feeds: FeedServer, tenant: TenantHandle
+) -> kpb.Episode:
+    """The newest episode of an imported feed, given a dynamic mid-roll slot."""
+    key = tenant.owner_key
+    url = feeds.serve_fixture(f"/{tenant.slug}/apple.xml", "apple.xml")
+    imported = await catalog.ImportFeed(kpb.ImportFeedRequest(feed_url=url), metadata=bearer(key))
+    episodes = await catalog.ListEpisodes(
+        kpb.ListEpisodesRequest(podcast_id=imported.podcast.id), metadata=bearer(key)
+    )
+    episode = episodes.episodes[0]
+    assert episode.media_size_bytes == MEDIA_BYTES
+    updated = await catalog.UpdateEpisode(
+        kpb.UpdateEpisodeRequest(
+            episode=kpb.Episode(
+                id=episode.id,
+                ad_slots=[
+                    kpb.AdSlot(
+                        position=kpb.AD_POSITION_MID_ROLL,
+                        start_offset=seconds(600),
+                        duration=seconds(60),
+                        insertion=kpb.AD_INSERTION_DYNAMIC,
+                        start_byte=AD_START,
+                        end_byte=AD_END,
+                    )
+                ],
+            ),
+            update_mask=FieldMask(paths=["ad_slots"]),
+        ),
+        metadata=bearer(key),
+    )
+    return updated.episode
+
+
+def listener_requests(episode_id: str, when: datetime, listeners: int) -> list[apb.ListenerRequest]:
+    """`listeners` whole-file downloads (each delivers the ad), plus requests that
+    deliver no ad: one stops before the ad's bytes, a bot, a HEAD."""
+    out = []
+    for n in range(listeners):
+        out.append(
+            apb.ListenerRequest(
+                id=str(uuid.uuid4()),
+                request_time=ts(when + timedelta(seconds=n)),
+                episode_id=episode_id,
+                client_ip=f"203.0.113.{n + 1}",
+                user_agent=LISTENER_AGENT,
+                http_method="GET",
+                status_code=200,
+                bytes_served=MEDIA_BYTES,
+            )
+        )
+    early_stop = apb.ListenerRequest(
+        id=str(uuid.uuid4()),
+        request_time=ts(when),
+        episode_id=episode_id,
+        client_ip="198.51.100.7",
+        user_agent=LISTENER_AGENT,
+        http_method="GET",
+        status_code=206,
+        range="bytes=0-",
+        bytes_served=AD_START + 10,
+    )
+    bot = apb.ListenerRequest(
+        id=str(uuid.uuid4()),
+        request_time=ts(when),
+        episode_id=episode_id,
+        client_ip="198.51.100.8",
+        user_agent="curl/8.1.2",
+        http_method="GET",
+        status_code=200,
+        bytes_served=MEDIA_BYTES,
+    )
+    head = apb.ListenerRequest(
+        id=str(uuid.uuid4()),
+        request_time=ts(when),
+        episode_id=episode_id,
+        client_ip="198.51.100.9",
+        user_agent=LISTENER_AGENT,
+        http_method="HEAD",
+        status_code=200,
+    )
+    return [*out, early_stop, bot, head]
