@@ -996,3 +996,32 @@ async def competitor_in_podcast(
         _RUNNING,
     )
     return found
+
+
+# The audit outbox
+
+
+async def outbox_tenants(conn: Conn) -> list[uuid.UUID]:
+    rows = await conn.fetch("SELECT tenant_id FROM campaign_outbox_tenants()")
+    return [r["tenant_id"] for r in rows]
+
+
+async def claim_outbox(conn: Conn, limit: int) -> list[asyncpg.Record]:
+    """The oldest unrelayed records, locked; another replica skips them."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT event_id, occurred_at, actor_type, actor_id, method, resource_type,
+            resource_id, request_id, details
+        FROM campaign_audit_outbox WHERE relayed_at IS NULL
+        ORDER BY occurred_at LIMIT $1 FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    return rows
+
+
+async def mark_relayed(conn: Conn, event_ids: Sequence[uuid.UUID]) -> None:
+    await conn.execute(
+        "UPDATE campaign_audit_outbox SET relayed_at = now() WHERE event_id = ANY($1::uuid[])",
+        list(event_ids),
+    )

@@ -8,6 +8,7 @@ from podmesh.campaign.v1 import campaign_pb2_grpc
 from pydantic import Field
 
 from services.campaign.adops import AdOps
+from services.campaign.audit_relay import AuditRelay
 from services.campaign.peers import Analytics, Catalog
 from services.campaign.permissions import RULES, SERVICE
 from services.campaign.servicer import CampaignServicer
@@ -19,6 +20,8 @@ from services.shared.server import Resources, ServiceDefinition
 class CampaignSettings(Settings):
     # How often flights that ended complete their campaigns and line items.
     sweep_interval_s: float = Field(default=30.0, gt=0)
+    # How often audit records go to the tenant service's audit log.
+    audit_relay_interval_s: float = Field(default=1.0, gt=0)
 
 
 async def register(server: aio.Server, resources: Resources) -> None:
@@ -33,8 +36,15 @@ async def register(server: aio.Server, resources: Resources) -> None:
     )
     sweeper = Sweeper(resources.db, settings.sweep_interval_s)
     sweeper.start()
+    relay = AuditRelay(
+        resources.db,
+        resources.channel("tenant"),
+        settings.admin_token.get_secret_value(),
+        settings.audit_relay_interval_s,
+    )
+    relay.start()
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(
-        CampaignServicer(ops, background=(sweeper,)), server
+        CampaignServicer(ops, background=(sweeper, relay)), server
     )
 
 

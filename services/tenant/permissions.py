@@ -24,5 +24,7 @@ _BY_METHOD: dict[str, MethodRule] = {
     "ListApiKeys": Permission.API_KEYS_READ,
     "RevokeApiKey": Permission.API_KEYS_WRITE,
     "ListAuditEvents": Permission.AUDIT_READ,
+    # Other services relay the audit records they wrote with their own changes.
+    "AppendAuditEvents": Permission.PLATFORM_ADMIN,
 }
 RULES = {f"/{SERVICE}/{method}": rule for method, rule in _BY_METHOD.items()}
