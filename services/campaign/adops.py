@@ -871,6 +871,11 @@ class AdOps:
             if horizon
             else 0.0
         )
+        basis = "forecast"
+        if forecast is None:
+            # Too little history to forecast: the last 30 days' daily average carried on.
+            forecast = sum(daily[-30:]) / 30 * horizon
+            basis = "the last 30 days' pace"
         episodes = [
             e
             for e in await self._catalog.episodes(podcast.id, credentials)
@@ -887,11 +892,12 @@ class AdOps:
             title=podcast.title,
             categories=podcast.categories,
             keywords=podcast.keywords,
-            explicit=podcast.explicit,
+            explicit=podcast.explicit or any(e.explicit for e in episodes),
             daily_downloads=tuple(daily),
             episode_count=podcast.episode_count,
             country_downloads=countries,
             forecast_downloads=forecast,
+            forecast_basis=basis,
             slot_count=len(slots),
             free_slot_count=len([s for s in slots if s.id not in held]),
             episodes_considered=len(episodes),

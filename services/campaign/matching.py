@@ -80,6 +80,8 @@ class PodcastFacts:
     episode_count: int
     country_downloads: Mapping[str, int]
     forecast_downloads: float
+    # "forecast", or how the downloads were estimated without one.
+    forecast_basis: str
     # Slots at the asked positions in episodes the flight can use, and how many are free.
     slot_count: int
     free_slot_count: int
@@ -251,7 +253,7 @@ def score(facts: PodcastFacts, ask: Ask, largest_audience: float) -> Match:
             free / facts.slot_count if facts.slot_count else 0.0,
             f"{free} of {facts.slot_count} slots free over the flight in "
             f"{facts.episodes_considered} episodes; "
-            f"forecast {facts.forecast_downloads:.0f} downloads",
+            f"{facts.forecast_downloads:.0f} downloads expected by {facts.forecast_basis}",
         )
     )
     ordered = tuple(sorted(components, key=lambda c: (-c.contribution, int(c.factor))))

@@ -201,8 +201,9 @@ class Analytics:
 
     async def forecast_downloads(
         self, podcast_id: uuid.UUID, days: int, credentials: Metadata
-    ) -> float:
-        """Predicted downloads of the podcast over the next `days` days."""
+    ) -> float | None:
+        """Predicted downloads of the podcast over the next `days` days; None when
+        analytics has too little history to forecast."""
         try:
             response = await self._stub.GetForecast(
                 analytics_pb2.GetForecastRequest(podcast_id=str(podcast_id), horizon_days=days),
@@ -210,6 +211,8 @@ class Analytics:
                 timeout=PEER_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                return None
             raise peer_error(error, "analytics", not_found=("podcast", str(podcast_id))) from None
         return sum(max(p.predicted_downloads, 0.0) for p in response.points)
 
