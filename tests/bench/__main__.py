@@ -17,6 +17,7 @@ BENCHMARKS = (
     "tests.bench.catalog",
     "tests.bench.analytics_ingest",
     "tests.bench.analytics_queries",
+    "tests.bench.campaign",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -27,6 +28,9 @@ SUMMARY = (
     "query_p95_ms",
     "query_p99_ms",
     "analytics_peak_rss_mb",
+    "campaign_pacing_p95_ms",
+    "campaign_refused_pacing_p95_ms",
+    "campaign_booking_per_s",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 
