@@ -110,6 +110,15 @@ class BookingRequest:
 
 
 @dataclass(frozen=True)
+class MatchResult:
+    matches: list[Match]
+    next_page_token: str
+    # What every matching podcast together could deliver over the flight.
+    available_impressions: int
+    goal_warning: str
+
+
+@dataclass(frozen=True)
 class PacingReport:
     pacing: Pacing
     line_items: list[Pacing]
@@ -798,7 +807,7 @@ class AdOps:
         page_size: int,
         page_token: str,
         credentials: Metadata,
-    ) -> tuple[list[Match], str]:
+    ) -> MatchResult:
         query = {
             "list": "matches",
             "campaign_id": str(campaign_id),
@@ -836,16 +845,26 @@ class AdOps:
         largest = max(
             (sum(f.daily_downloads[-30:]) / max(f.episode_count, 1) for f in facts), default=0.0
         )
-        ranked = rank([m for f in facts if (m := score(f, ask, largest)).score >= min_score])
+        scored = [score(f, ask, largest) for f in facts]
+        ranked = rank([m for m in scored if m.score >= min_score])
         if cursor is not None:
             after = (-float(cursor["s"]), str(cursor["id"]))
             ranked = [m for m in ranked if (-m.score, str(m.podcast_id)) > after]
+        avails = sum(m.estimated_impressions for m in scored)
+        goal = sum(i.impression_goal for i in items)
+        warning = ""
+        if goal > avails:
+            warning = (
+                f"the impression goals ({goal}) exceed what the tenant's podcasts can deliver "
+                f"over the flight ({avails} impressions in free slots): expect to miss the goal "
+                "or add inventory"
+            )
         page, more = split_page(ranked, page_size)
         token = ""
         if more:
             last = page[-1]
             token = self._tokens.encode({"s": last.score, "id": str(last.podcast_id)}, query)
-        return list(page), token
+        return MatchResult(list(page), token, avails, warning)
 
     async def _podcast_facts(
         self,

@@ -414,9 +414,9 @@ def deal_event_to_pb(e: DealEvent) -> pb.DealEvent:
     )
 
 
-def _required(message: Any, field: str) -> None:
-    if not message.HasField(field):
-        raise InvalidArgument.field(field, "is required")
+def _state_given(paths: Iterable[str], state: int, field: str) -> None:
+    if "state" in paths and not state:
+        raise InvalidArgument.field(field, "is required when the mask names it")
 
 
 class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
@@ -510,6 +510,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     async def UpdateCampaign(
         self, request: pb.UpdateCampaignRequest, context: Any
     ) -> pb.UpdateCampaignResponse:
+        _state_given(request.update_mask.paths, request.campaign.state, "campaign.state")
         campaign = await self._ops.update_campaign(
             current_tenant_id(),
             campaign_from_pb(request.campaign, "campaign.id"),
@@ -565,6 +566,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     async def UpdateLineItem(
         self, request: pb.UpdateLineItemRequest, context: Any
     ) -> pb.UpdateLineItemResponse:
+        _state_given(request.update_mask.paths, request.line_item.state, "line_item.state")
         item = await self._ops.update_line_item(
             current_tenant_id(),
             line_item_from_pb(request.line_item, "line_item.id"),
@@ -692,7 +694,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         line_item_id = _optional_uuid(request.line_item_id, "line_item_id", v)
         v.check(0 <= request.min_score <= 1, "min_score", "must be from 0 to 1")
         v.raise_if_any()
-        matches, token = await self._ops.match_podcasts(
+        result = await self._ops.match_podcasts(
             current_tenant_id(),
             campaign_id or _NIL,
             line_item_id,
@@ -702,7 +704,10 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             credentials(context),
         )
         return pb.MatchPodcastsResponse(
-            matches=[match_to_pb(m) for m in matches], next_page_token=token
+            matches=[match_to_pb(m) for m in result.matches],
+            next_page_token=result.next_page_token,
+            available_impressions=result.available_impressions,
+            goal_warning=result.goal_warning,
         )
 
     # Deals

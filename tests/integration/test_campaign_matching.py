@@ -108,6 +108,11 @@ async def test_ranking_scores_and_explanations(
     assert re.match(r"6 of 6 slots free over the flight in 3 episodes", slots.explanation)
     assert top.available_slot_count == 6
 
+    # Avails: the estimates of every podcast together; the 10,000 goal is far above.
+    assert first.available_impressions == sum(m.estimated_impressions for m in first.matches)
+    assert "exceed" in first.goal_warning
+    assert str(first.available_impressions) in first.goal_warning
+
     paged = await campaigns.MatchPodcasts(
         pb.MatchPodcastsRequest(campaign_id=campaign.id, page_size=1), metadata=bearer(key)
     )

@@ -16,7 +16,7 @@ from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from devstack.stack import Stack
 from tests.campaign_support import CampaignStub, create_campaign, create_line_item, create_sponsor
-from tests.support import TenantHandle, bearer, create_tenant, error_info
+from tests.support import TenantHandle, bearer, create_tenant, error_info, violated_fields
 
 C = pb.CampaignState
 L = pb.LineItemState
@@ -185,6 +185,20 @@ async def test_deal_transitions(
     info = error_info(refused.value)
     assert info.metadata["current_stage"] == name(D, current)
     assert info.metadata["requested_stage"] == name(D, requested)
+
+
+async def test_a_masked_state_must_be_given(campaigns: CampaignStub, tenant: TenantHandle) -> None:
+    sponsor = await create_sponsor(campaigns, tenant.owner_key)
+    campaign = await create_campaign(campaigns, tenant.owner_key, sponsor.id)
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await campaigns.UpdateCampaign(
+            pb.UpdateCampaignRequest(
+                campaign=pb.Campaign(id=campaign.id), update_mask=FieldMask(paths=["state"])
+            ),
+            metadata=bearer(tenant.owner_key),
+        )
+    assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(missing.value) == ["campaign.state"]
 
 
 async def test_deal_pipeline_history_and_stale_stage(
