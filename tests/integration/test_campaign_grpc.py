@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -17,6 +18,7 @@ from tests.campaign_support import (
     create_campaign,
     create_line_item,
     create_sponsor,
+    row_counts,
     usd,
 )
 from tests.support import TenantHandle, bearer, create_tenant, error_info, violated_fields
@@ -88,7 +90,7 @@ async def test_sponsor_round_trip_and_paging(campaigns: CampaignStub, tenant: Te
 
 
 async def test_campaign_and_line_item_money_and_flights(
-    campaigns: CampaignStub, tenant: TenantHandle
+    campaigns: CampaignStub, tenant: TenantHandle, owner_conn: asyncpg.Connection
 ) -> None:
     key = tenant.owner_key
     sponsor = await create_sponsor(campaigns, key)
@@ -104,6 +106,7 @@ async def test_campaign_and_line_item_money_and_flights(
     assert item.pacing_strategy == pb.PACING_STRATEGY_EVEN
     assert item.rate == usd(2500)
 
+    before = await row_counts(owner_conn, tenant.id)
     with pytest.raises(grpc.aio.AioRpcError) as euros:
         await create_line_item(campaigns, key, campaign.id, rate=usd(100, "EUR"))
     assert euros.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -136,6 +139,7 @@ async def test_campaign_and_line_item_money_and_flights(
             end=campaign.flight_start_time.ToDatetime(),
         )
     assert "campaign.flight_end_time" in violated_fields(backwards.value)
+    assert await row_counts(owner_conn, tenant.id) == before
 
     # The currency is fixed once line items exist.
     with pytest.raises(grpc.aio.AioRpcError) as fixed:
