@@ -10,11 +10,13 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from google.protobuf.field_mask_pb2 import FieldMask
 from podmesh.campaign.v1 import campaign_pb2 as pb
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from devstack.stack import Stack
+from services.campaign.adops import DEAL_EVENTS_STREAM
 from tests.campaign_support import CampaignStub, create_campaign, create_line_item, create_sponsor
 from tests.support import TenantHandle, bearer, create_tenant, error_info, violated_fields
 
@@ -202,7 +204,7 @@ async def test_a_masked_state_must_be_given(campaigns: CampaignStub, tenant: Ten
 
 
 async def test_deal_pipeline_history_and_stale_stage(
-    campaigns: CampaignStub, tenant: TenantHandle
+    campaigns: CampaignStub, tenant: TenantHandle, stack: Stack
 ) -> None:
     key = tenant.owner_key
     sponsor = await create_sponsor(campaigns, key)
@@ -267,6 +269,19 @@ async def test_deal_pipeline_history_and_stale_stage(
     ]
     assert {e.actor_type for e in events.deal_events} == {"api_key"}
     assert all(e.actor_id for e in events.deal_events)
+
+    # Each transition is also published on the event bus.
+    bus = aioredis.from_url(stack.redis_url)
+    try:
+        published = await bus.xrange(DEAL_EVENTS_STREAM)
+    finally:
+        await bus.aclose()
+    mine = [
+        (fields[b"from_stage"], fields[b"to_stage"])
+        for _, fields in published
+        if fields[b"deal_id"] == deal.id.encode()
+    ]
+    assert mine == [(b"prospect", b"proposal"), (b"proposal", b"booked")]
 
     with pytest.raises(grpc.aio.AioRpcError) as kept:
         await campaigns.DeleteDeal(pb.DeleteDealRequest(deal_id=deal.id), metadata=bearer(key))
