@@ -98,10 +98,14 @@ class AdDeliveryCounter:
             if day_start(last_full, zone) < end:
                 partial[i].append((day_start(last_full, zone), end))
         per_day: list[dict[datetime, int]] = [defaultdict(int) for _ in ranges]
+        starts: dict[date, datetime] = {}
         async with self._db.tenant_transaction(tenant_id) as conn:
             if full:
                 for i, day, n in await _rollup_days(conn, cube, ranges, full):
-                    per_day[i][day_start(day, zone)] += n
+                    start = starts.get(day)
+                    if start is None:
+                        start = starts[day] = day_start(day, zone)
+                    per_day[i][start] += n
             spans = {span for spans in partial.values() for span in spans}
             for span in sorted(spans):
                 slots = [ranges[i].ad_slot_id for i, s in partial.items() if span in s]

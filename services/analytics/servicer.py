@@ -400,6 +400,12 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
                 )
             )
         counts = await self._ad_deliveries.count(current_tenant_id(), ranges)
+        # Ranges share their days: each day's Timestamp is made once.
+        stamps: dict[datetime, Timestamp | None] = {}
+        for c in counts.ranges:
+            for day, _ in c.days:
+                if day not in stamps:
+                    stamps[day] = timestamp(day)
         return pb.CountAdDeliveriesResponse(
             ranges=[
                 pb.AdSlotDeliveries(
@@ -408,7 +414,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
                     end_time=timestamp(c.range.end),
                     ads_delivered=c.total,
                     days=[
-                        pb.DailyAdDeliveries(day_start_time=timestamp(day), ads_delivered=n)
+                        pb.DailyAdDeliveries(day_start_time=stamps[day], ads_delivered=n)
                         for day, n in c.days
                     ],
                 )

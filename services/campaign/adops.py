@@ -449,7 +449,9 @@ class AdOps:
             raise InvalidArgument.field("placement.ad_slot_id", "give ad_slot_id or position")
         async with self._db.tenant_transaction(tenant_id) as conn:
             item = await _line_item_or_fail(conn, placement.line_item_id)
-        episode = await self._catalog.episode(placement.episode_id, credentials)
+        episode = await self._catalog.episode(
+            placement.episode_id, credentials, with_podcast=_needs_podcast(item)
+        )
         slot = _slot_in(episode, placement.ad_slot_id, placement.position, "placement")
         _check_episode(item, episode, slot.position if slot else placement.position)
         async with self._db.tenant_transaction(tenant_id) as conn:
@@ -537,7 +539,9 @@ class AdOps:
                     reason="PLACEMENT_NOT_PROPOSED",
                     metadata={"current_state": state_name(current.state)},
                 )
-            episode = await self._catalog.episode(current.episode_id, credentials)
+            episode = await self._catalog.episode(
+                current.episode_id, credentials, with_podcast=False
+            )
             slot_id = patch.ad_slot_id if "ad_slot_id" in requested else current.ad_slot_id
             position = patch.position if "position" in requested else current.position
             slot = _slot_in(episode, slot_id, position, "placement")
@@ -611,7 +615,9 @@ class AdOps:
         episode_id = proposed.episode_id if proposed else request.episode_id
         if episode_id is None:
             raise InvalidArgument.field("episode_id", "is required unless placement_id is given")
-        episode = await self._catalog.episode(episode_id, credentials)
+        episode = await self._catalog.episode(
+            episode_id, credentials, with_podcast=_needs_podcast(item)
+        )
         slot_id = request.ad_slot_id or (proposed.ad_slot_id if proposed else None)
         position = request.position or (proposed.position if proposed else AdPosition.UNSPECIFIED)
         if slot_id is None and position is AdPosition.UNSPECIFIED:
@@ -1330,6 +1336,11 @@ def _candidate_slots(
             metadata={"position": position.name.lower()},
         )
     return slots
+
+
+def _needs_podcast(item: LineItem) -> bool:
+    """Whether the item's targeting looks at the podcast's categories or explicit flag."""
+    return bool(item.targeting.categories) or item.targeting.exclude_explicit
 
 
 def _check_episode(item: LineItem, episode: EpisodeFacts, position: AdPosition) -> None:

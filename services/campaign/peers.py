@@ -19,6 +19,8 @@ from services.campaign.domain import AdPosition, EpisodeFacts, Slot
 from services.shared.peers import Metadata, forwarded, peer_error
 
 PEER_TIMEOUT_S = 5.0
+# Counting a large campaign's deliveries reads a day per placement per day of flight.
+DELIVERIES_TIMEOUT_S = 15.0
 CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 _PODCAST_PAGE = 200
 _MAX_PODCAST_PAGES = 10
@@ -55,7 +57,11 @@ class Catalog:
     def __init__(self, channel: aio.Channel) -> None:
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
 
-    async def episode(self, episode_id: uuid.UUID, credentials: Metadata) -> EpisodeFacts:
+    async def episode(
+        self, episode_id: uuid.UUID, credentials: Metadata, *, with_podcast: bool = True
+    ) -> EpisodeFacts:
+        """The episode and its slots; its podcast's categories and explicit flag only
+        `with_podcast` (targeting that needs them), which costs a second call."""
         try:
             episode = (
                 await self._stub.GetEpisode(
@@ -64,13 +70,15 @@ class Catalog:
                     timeout=PEER_TIMEOUT_S,
                 )
             ).episode
-            podcast = (
-                await self._stub.GetPodcast(
-                    catalog_pb2.GetPodcastRequest(podcast_id=episode.podcast_id),
-                    metadata=forwarded(credentials),
-                    timeout=PEER_TIMEOUT_S,
-                )
-            ).podcast
+            podcast = catalog_pb2.Podcast()
+            if with_podcast:
+                podcast = (
+                    await self._stub.GetPodcast(
+                        catalog_pb2.GetPodcastRequest(podcast_id=episode.podcast_id),
+                        metadata=forwarded(credentials),
+                        timeout=PEER_TIMEOUT_S,
+                    )
+                ).podcast
         except grpc.aio.AioRpcError as error:
             raise peer_error(error, "catalog", not_found=("episode", str(episode_id))) from None
         return EpisodeFacts(
@@ -167,15 +175,24 @@ class Analytics:
             item.end_time.FromDatetime(r.end.astimezone(UTC))
         try:
             response = await self._stub.CountAdDeliveries(
-                request, metadata=forwarded(credentials), timeout=PEER_TIMEOUT_S
+                request, metadata=forwarded(credentials), timeout=DELIVERIES_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as error:
             raise peer_error(error, "analytics") from None
+        # Ranges share their days: each day is converted once.
+        days: dict[int, datetime] = {}
+        out = []
+        for counts in response.ranges:
+            counted = []
+            for d in counts.days:
+                seconds = d.day_start_time.seconds
+                day = days.get(seconds)
+                if day is None:
+                    day = days[seconds] = datetime.fromtimestamp(seconds, UTC)
+                counted.append((day, d.ads_delivered))
+            out.append(counted)
         return Deliveries(
-            days=[
-                [(_instant(d.day_start_time), d.ads_delivered) for d in r.days]
-                for r in response.ranges
-            ],
+            days=out,
             time_zone=response.time_zone or "UTC",
             complete_until=_instant(response.complete_until_time),
         )

@@ -117,6 +117,9 @@ def test_flat_fee_is_prorated_and_cpa_awaits_attribution() -> None:
 def test_days_follow_the_tenant_zone() -> None:
     zone = ZoneInfo("America/New_York")
     days = flight_days(START, END, START + timedelta(days=1), zone)
-    # 00:00 UTC is the evening before in New York: two local days so far.
-    assert [d.date().isoformat() for d in days] == ["2026-02-28", "2026-03-01"]
-    assert all(d.hour == 0 for d in days)
+    # 00:00 UTC is the evening before in New York: two local days so far, each from
+    # local midnight to the next.
+    assert [(s.astimezone(zone).isoformat(), e.astimezone(zone).isoformat()) for s, e in days] == [
+        ("2026-02-28T00:00:00-05:00", "2026-03-01T00:00:00-05:00"),
+        ("2026-03-01T00:00:00-05:00", "2026-03-02T00:00:00-05:00"),
+    ]
