@@ -1223,26 +1223,38 @@ async def _check_campaign_change(conn: Any, current: Campaign, updated: Campaign
 async def _committed(
     conn: Any, campaign: Campaign, extra: tuple[uuid.UUID, int] | None = None
 ) -> int:
+    return (await _commitments(conn, campaign, extra))[-1]
+
+
+async def _commitments(
+    conn: Any, campaign: Campaign, extra: tuple[uuid.UUID, int] | None = None
+) -> tuple[int, int]:
+    """What the campaign's bookings commit of its budget, without and with `extra`
+    (a line item and the impressions a new booking adds to it)."""
     goals = await repo.committed_by_line_item(conn, campaign.id)
+    with_extra = dict(goals)
     if extra is not None:
-        goals[extra[0]] = goals.get(extra[0], 0) + extra[1]
-    if not goals:
-        return 0
+        with_extra[extra[0]] = with_extra.get(extra[0], 0) + extra[1]
+    if not with_extra:
+        return 0, 0
     items = {i.id: i for i in await repo.line_items_of(conn, campaign.id)}
-    total = 0
-    for line_item_id, goal in goals.items():
-        item = items[line_item_id]
-        assert item.pricing_model
-        assert item.rate
-        total += committed_cost(item.pricing_model, item.rate.minor_units, goal)
-    return total
+
+    def cost(by_item: dict[uuid.UUID, int]) -> int:
+        total = 0
+        for line_item_id, goal in by_item.items():
+            item = items[line_item_id]
+            assert item.pricing_model
+            assert item.rate
+            total += committed_cost(item.pricing_model, item.rate.minor_units, goal)
+        return total
+
+    return cost(goals), cost(with_extra)
 
 
 async def _check_budget(conn: Any, campaign: Campaign, item: LineItem, goal: int) -> None:
     """Refuses a booking that would commit more than the budget, saying what is left."""
     assert campaign.budget is not None
-    before = await _committed(conn, campaign)
-    after = await _committed(conn, campaign, (item.id, goal))
+    before, after = await _commitments(conn, campaign, (item.id, goal))
     budget = campaign.budget.minor_units
     if after > budget:
         remaining = max(budget - before, 0)
