@@ -73,7 +73,6 @@ log = logging.getLogger("podmesh.campaign")
 Conn = "asyncpg.Connection[asyncpg.Record]"
 DEAL_EVENTS_STREAM = "podmesh:campaign:deal_events"
 _CLOSED = (CampaignState.COMPLETED, CampaignState.CANCELLED)
-_RESERVING = (PlacementState.BOOKED, PlacementState.LIVE, PlacementState.COMPLETED)
 MAX_REQUEST_ID = 200
 # Days of downloads behind audience size and growth.
 HISTORY_DAYS = 90

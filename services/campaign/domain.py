@@ -50,9 +50,6 @@ class CampaignState(enum.IntEnum):
     CANCELLED = 5
 
 
-LineItemState = CampaignState
-
-
 class PlacementState(enum.IntEnum):
     PROPOSED = 1
     BOOKED = 2
@@ -112,22 +109,7 @@ CAMPAIGN_TRANSITIONS: Mapping[CampaignState, frozenset[CampaignState]] = {
     CampaignState.CANCELLED: frozenset(),
 }
 LINE_ITEM_TRANSITIONS = CAMPAIGN_TRANSITIONS
-SWEEP_COMPLETES = frozenset({CampaignState.ACTIVE, CampaignState.PAUSED})
 
-# What the service itself does to placements: BookPlacement, the sweep (booked to
-# live when its line item and campaign are active and the flight started; to
-# completed when the flight ends) and cancellation of the line item or campaign.
-PLACEMENT_TRANSITIONS: Mapping[PlacementState, frozenset[PlacementState]] = {
-    PlacementState.PROPOSED: frozenset({PlacementState.BOOKED}),
-    PlacementState.BOOKED: frozenset(
-        {PlacementState.LIVE, PlacementState.COMPLETED, PlacementState.CANCELLED}
-    ),
-    PlacementState.LIVE: frozenset({PlacementState.COMPLETED, PlacementState.CANCELLED}),
-    PlacementState.COMPLETED: frozenset(),
-    PlacementState.CANCELLED: frozenset(),
-}
-
-_BEFORE_LIVE = (DealStage.PROSPECT, DealStage.PROPOSAL, DealStage.HOLD, DealStage.BOOKED)
 # DealStage's comment, edge by edge.
 DEAL_TRANSITIONS: Mapping[DealStage, frozenset[DealStage]] = {
     DealStage.PROSPECT: frozenset({DealStage.PROPOSAL, DealStage.LOST}),
