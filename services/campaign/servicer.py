@@ -313,7 +313,7 @@ def placement_from_pb(m: pb.Placement, id_field: str | None = None) -> Placement
 # Pacing and matches
 
 
-def pacing_to_pb(p: Pacing) -> pb.Pacing:
+def pacing_to_pb(p: Pacing, *, with_days: bool = True) -> pb.Pacing:
     return pb.Pacing(
         line_item_id=str(p.line_item_id or ""),
         campaign_id=str(p.campaign_id),
@@ -334,7 +334,7 @@ def pacing_to_pb(p: Pacing) -> pb.Pacing:
                 delivered_impressions=d.delivered,
                 expected_cumulative_impressions=d.expected_cumulative,
             )
-            for d in p.daily
+            for d in (p.daily if with_days else ())
         ],
         shortfall_impressions=p.shortfall,
         makegood_delivered_impressions=p.makegood_delivered,
@@ -683,7 +683,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             )
         return pb.GetPacingResponse(
             pacing=pacing_to_pb(report.pacing),
-            line_item_pacings=[pacing_to_pb(p) for p in report.line_items],
+            line_item_pacings=[pacing_to_pb(p, with_days=False) for p in report.line_items],
         )
 
     async def MatchPodcasts(
