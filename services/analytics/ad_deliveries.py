@@ -28,6 +28,7 @@ from services.shared.validation import Violations
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 MAX_RANGES = 1000
 MAX_RANGE = timedelta(days=400)
+MAX_GROUP_KEY = 200
 
 
 @dataclass(frozen=True)
@@ -36,19 +37,29 @@ class SlotRange:
     episode_id: uuid.UUID
     start: datetime
     end: datetime
+    group_key: str = ""
 
 
 @dataclass(frozen=True)
 class SlotDeliveries:
     range: SlotRange
     total: int
-    # (start of the local day, ads delivered), oldest first, days with deliveries only.
+    # (start of the local day, ads delivered), oldest first, days with deliveries only;
+    # empty for a range of a group.
+    days: list[tuple[datetime, int]]
+
+
+@dataclass(frozen=True)
+class GroupDeliveries:
+    group_key: str
+    total: int
     days: list[tuple[datetime, int]]
 
 
 @dataclass(frozen=True)
 class AdDeliveryCounts:
     ranges: list[SlotDeliveries]
+    groups: list[GroupDeliveries]
     time_zone: str
     complete_until: datetime
 
@@ -57,6 +68,7 @@ def check_ranges(ranges: Sequence[SlotRange]) -> None:
     v = Violations()
     v.check(len(ranges) <= MAX_RANGES, "ranges", f"at most {MAX_RANGES} ranges")
     for i, r in enumerate(ranges):
+        v.check(len(r.group_key) <= MAX_GROUP_KEY, f"ranges[{i}].group_key", "too long")
         if v.check(r.end > r.start, f"ranges[{i}].end_time", "must be after start_time"):
             v.check(r.end - r.start <= MAX_RANGE, f"ranges[{i}].end_time", "at most 400 days")
     v.raise_if_any()
@@ -97,32 +109,55 @@ class AdDeliveryCounter:
                 partial[i].append((r.start, day_start(first_full, zone)))
             if day_start(last_full, zone) < end:
                 partial[i].append((day_start(last_full, zone), end))
-        per_day: list[dict[datetime, int]] = [defaultdict(int) for _ in ranges]
+        # Groups by number: the ranges of one group key share one, a range without a
+        # group key has its own.
+        numbers: dict[str, int] = {}
+        keys = [
+            numbers.setdefault(r.group_key, len(numbers)) if r.group_key else -1 - i
+            for i, r in enumerate(ranges)
+        ]
+        totals = [0] * len(ranges)
+        by_key: dict[int, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
         starts: dict[date, datetime] = {}
         async with self._db.tenant_transaction(tenant_id) as conn:
             if full:
-                for i, day, n in await _rollup_days(conn, cube, ranges, full):
+                for row in await _rollup_days(conn, cube, ranges, full, keys):
+                    if row["i"] is not None:
+                        totals[row["i"]] += row["n"]
+                        continue
+                    day = row["day"]
                     start = starts.get(day)
                     if start is None:
                         start = starts[day] = day_start(day, zone)
-                    per_day[i][start] += n
+                    by_key[row["g"]][start] += row["n"]
             spans = {span for spans in partial.values() for span in spans}
             for span in sorted(spans):
                 slots = [ranges[i].ad_slot_id for i, s in partial.items() if span in s]
                 counted = await _exact(conn, span, slots)
                 # A partial span lies within one local day.
-                day = day_start(local_date(span[0], zone), zone)
+                day_of_span = day_start(local_date(span[0], zone), zone)
                 for i, s in partial.items():
                     if span in s:
-                        per_day[i][day] += counted.get(ranges[i].ad_slot_id, 0)
+                        n = counted.get(ranges[i].ad_slot_id, 0)
+                        totals[i] += n
+                        by_key[keys[i]][day_of_span] += n
+
+        def days(key: int) -> list[tuple[datetime, int]]:
+            return sorted((d, n) for d, n in by_key.get(key, {}).items() if n)
+
+        groups = sorted(numbers)
         return AdDeliveryCounts(
             ranges=[
-                SlotDeliveries(
-                    range=r,
-                    total=sum(per_day[i].values()),
-                    days=sorted((d, n) for d, n in per_day[i].items() if n),
-                )
+                SlotDeliveries(range=r, total=totals[i], days=[] if r.group_key else days(keys[i]))
                 for i, r in enumerate(ranges)
+            ],
+            groups=[
+                GroupDeliveries(
+                    group_key=g,
+                    total=sum(t for t, r in zip(totals, ranges, strict=True) if r.group_key == g),
+                    days=days(numbers[g]),
+                )
+                for g in groups
             ],
             time_zone=zone_name,
             complete_until=now,
@@ -134,23 +169,29 @@ async def _rollup_days(
     cube: str,
     ranges: Sequence[SlotRange],
     full: dict[int, tuple[date, date]],
-) -> list[tuple[int, date, int]]:
+    keys: Sequence[int],
+) -> list[asyncpg.Record]:
+    """From the rollup, in one pass: each range's total (rows with i), and each group's
+    deliveries per day (rows with g and day)."""
     indexes = sorted(full)
-    rows = await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         """
-        SELECT q.i, r.day, r.ads_delivered
-        FROM unnest($2::int[], $3::uuid[], $4::date[], $5::date[]) AS q(i, slot, first, last)
+        SELECT q.i, q.g, r.day, sum(r.ads_delivered)::int8 AS n
+        FROM unnest($2::int[], $3::uuid[], $4::date[], $5::date[], $6::int[])
+            AS q(i, slot, first, last, g)
         JOIN rollup_daily_ad_slot r
           ON r.tenant_id = app_tenant_id() AND r.zone = $1 AND r.ad_slot_id = q.slot
          AND r.day >= q.first AND r.day < q.last
+        GROUP BY GROUPING SETS ((q.i), (q.g, r.day))
         """,
         cube,
         indexes,
         [ranges[i].ad_slot_id for i in indexes],
         [full[i][0] for i in indexes],
         [full[i][1] for i in indexes],
+        [keys[i] for i in indexes],
     )
-    return [(row["i"], row["day"], row["ads_delivered"]) for row in rows]
+    return rows
 
 
 async def _exact(

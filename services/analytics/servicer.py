@@ -397,13 +397,14 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
                     episode_id=parse_uuid(r.episode_id, f"{field}.episode_id"),
                     start=start,
                     end=end,
+                    group_key=r.group_key,
                 )
             )
         counts = await self._ad_deliveries.count(current_tenant_id(), ranges)
         # Ranges share their days: each day's Timestamp is made once.
         stamps: dict[datetime, Timestamp | None] = {}
-        for c in counts.ranges:
-            for day, _ in c.days:
+        for days in [c.days for c in counts.ranges] + [g.days for g in counts.groups]:
+            for day, _ in days:
                 if day not in stamps:
                     stamps[day] = timestamp(day)
         return pb.CountAdDeliveriesResponse(
@@ -419,6 +420,17 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
                     ],
                 )
                 for c in counts.ranges
+            ],
+            groups=[
+                pb.AdDeliveryGroup(
+                    group_key=g.group_key,
+                    ads_delivered=g.total,
+                    days=[
+                        pb.DailyAdDeliveries(day_start_time=stamps[day], ads_delivered=n)
+                        for day, n in g.days
+                    ],
+                )
+                for g in counts.groups
             ],
             time_zone=counts.time_zone,
             complete_until_time=timestamp(counts.complete_until),

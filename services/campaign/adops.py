@@ -776,12 +776,16 @@ class AdOps:
     async def _pace(
         self, items: Sequence[LineItem], placements: Sequence[Placement], credentials: Metadata
     ) -> tuple[list[tuple[LineItem, Pacing]], datetime, ZoneInfo]:
-        reserved = [p for p in placements if p.ad_slot_id and p.flight_start and p.flight_end]
-        ranges = [
-            SlotRange(p.ad_slot_id, p.episode_id, p.flight_start, p.flight_end)
-            for p in reserved
-            if p.ad_slot_id and p.flight_start and p.flight_end
-        ]
+        # Analytics sums the placements per line item (and makegood original) and day.
+        groups: dict[str, tuple[uuid.UUID, uuid.UUID | None]] = {}
+        ranges = []
+        for p in placements:
+            if p.ad_slot_id and p.flight_start and p.flight_end:
+                key = f"{p.line_item_id}/{p.makegood_for_line_item_id or ''}"
+                groups[key] = (p.line_item_id, p.makegood_for_line_item_id)
+                ranges.append(
+                    SlotRange(p.ad_slot_id, p.episode_id, p.flight_start, p.flight_end, key)
+                )
         counted = await self._analytics.ad_deliveries(ranges, credentials)
         try:
             zone = ZoneInfo(counted.time_zone)
@@ -790,11 +794,12 @@ class AdOps:
         as_of = counted.complete_until
         own: dict[uuid.UUID, dict[datetime, int]] = defaultdict(lambda: defaultdict(int))
         makegood: dict[uuid.UUID, int] = defaultdict(int)
-        for placement, days in zip(reserved, counted.days, strict=True):
+        for key, days in counted.days.items():
+            line_item_id, original = groups[key]
             for day, n in days:
-                own[placement.line_item_id][day] += n
-            if placement.makegood_for_line_item_id is not None:
-                makegood[placement.makegood_for_line_item_id] += sum(n for _, n in days)
+                own[line_item_id][day] += n
+            if original is not None:
+                makegood[original] += sum(n for _, n in days)
         paced = [
             (item, line_item_pacing(item, own[item.id], makegood[item.id], as_of, zone))
             for item in items

@@ -153,12 +153,13 @@ class SlotRange:
     episode_id: uuid.UUID
     start: datetime
     end: datetime
+    group_key: str
 
 
 @dataclass(frozen=True)
 class Deliveries:
-    # Per requested range: (day start, ads delivered) for days with deliveries.
-    days: list[list[tuple[datetime, int]]]
+    # Per group key: (day start, ads delivered) for days with deliveries.
+    days: dict[str, list[tuple[datetime, int]]]
     time_zone: str
     complete_until: datetime
 
@@ -170,7 +171,9 @@ class Analytics:
     async def ad_deliveries(self, ranges: Sequence[SlotRange], credentials: Metadata) -> Deliveries:
         request = analytics_pb2.CountAdDeliveriesRequest()
         for r in ranges:
-            item = request.ranges.add(ad_slot_id=str(r.ad_slot_id), episode_id=str(r.episode_id))
+            item = request.ranges.add(
+                ad_slot_id=str(r.ad_slot_id), episode_id=str(r.episode_id), group_key=r.group_key
+            )
             item.start_time.FromDatetime(r.start.astimezone(UTC))
             item.end_time.FromDatetime(r.end.astimezone(UTC))
         try:
@@ -181,16 +184,16 @@ class Analytics:
             raise peer_error(error, "analytics") from None
         # Ranges share their days: each day is converted once.
         days: dict[int, datetime] = {}
-        out = []
-        for counts in response.ranges:
+        out = {}
+        for group in response.groups:
             counted = []
-            for d in counts.days:
+            for d in group.days:
                 seconds = d.day_start_time.seconds
                 day = days.get(seconds)
                 if day is None:
                     day = days[seconds] = datetime.fromtimestamp(seconds, UTC)
                 counted.append((day, d.ads_delivered))
-            out.append(counted)
+            out[group.group_key] = counted
         return Deliveries(
             days=out,
             time_zone=response.time_zone or "UTC",

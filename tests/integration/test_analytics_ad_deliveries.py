@@ -39,6 +39,15 @@ async def test_ranges_are_checked_and_empty_tenants_get_zeros(
         (slot.ad_slot_id, 0, [])
     ]
 
+    # Group keys never reach SQL as text: any string is fine.
+    odd = pb.AdSlotRange()
+    odd.CopyFrom(slot)
+    odd.group_key = "\x00'; --"
+    grouped = await stub.CountAdDeliveries(
+        pb.CountAdDeliveriesRequest(ranges=[odd, odd]), metadata=bearer(tenant.owner_key)
+    )
+    assert [(g.group_key, g.ads_delivered) for g in grouped.groups] == [(odd.group_key, 0)]
+
     backwards = pb.AdSlotRange(
         ad_slot_id=slot.ad_slot_id,
         episode_id=slot.episode_id,

@@ -39,6 +39,10 @@ from tests.catalog.support import FeedServer
 from tests.support import TenantHandle, bearer, create_tenant
 
 
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def half_even(numerator: int, denominator: int) -> int:
     return int((Decimal(numerator) / Decimal(denominator)).quantize(0, ROUND_HALF_EVEN))
 
@@ -150,6 +154,27 @@ async def test_sponsor_to_pacing_as_json(
     assert days[day_floor(yesterday).isoformat().replace("+00:00", "Z")] == 5
     assert days[day_floor(now).isoformat().replace("+00:00", "Z")] == 4
     assert int(pacing["projectedImpressions"]) > 9
+
+    # What pacing read, asked of analytics directly: per slot, and per group of slots.
+    span = {
+        "adSlotId": episode.ad_slots[0].id,
+        "episodeId": episode.id,
+        "startTime": rfc3339(start),
+        "endTime": rfc3339(end),
+    }
+    counted = ok(
+        await http.post(
+            "/api/v1/adDeliveries:count",
+            json={"ranges": [span, {**span, "groupKey": "g"}, {**span, "groupKey": "g"}]},
+            headers=headers,
+        )
+    )
+    alone, *grouped = counted["ranges"]
+    assert alone["adsDelivered"] == "9"
+    assert [int(d["adsDelivered"]) for d in alone["days"]] == [5, 4]
+    assert [(r["adsDelivered"], r.get("days", [])) for r in grouped] == [("9", []), ("9", [])]
+    assert counted["groups"][0]["groupKey"] == "g"
+    assert [int(d["adsDelivered"]) for d in counted["groups"][0]["days"]] == [10, 8]
 
     whole = ok(await http.get(f"/api/v1/campaigns/{campaign['id']}/pacing", headers=headers))
     assert whole["pacing"]["deliveredImpressions"] == "9"
