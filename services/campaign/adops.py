@@ -54,7 +54,13 @@ from services.campaign.domain import (
     validate_sponsor,
 )
 from services.campaign.matching import Ask, Match, PodcastFacts, rank, score
-from services.campaign.pacing import Pacing, campaign_pacing, line_item_pacing
+from services.campaign.pacing import (
+    Pacing,
+    PacingCache,
+    PacingReport,
+    campaign_pacing,
+    line_item_pacing,
+)
 from services.campaign.peers import Analytics, Catalog, PodcastSummary, SlotRange
 from services.shared.auth import Principal
 from services.shared.context import current_method, current_principal, current_request_id
@@ -82,20 +88,6 @@ def _actor(principal: Principal) -> tuple[str, str]:
     return principal.type.value, principal.subject_id
 
 
-async def _audit(
-    conn: Any, tenant_id: uuid.UUID, resource: tuple[str, str], details: dict[str, Any]
-) -> None:
-    await repo.insert_audit(
-        conn,
-        tenant_id,
-        _actor(current_principal()),
-        current_method(),
-        resource,
-        current_request_id(),
-        details,
-    )
-
-
 @dataclass(frozen=True)
 class BookingRequest:
     line_item_id: uuid.UUID
@@ -117,12 +109,6 @@ class MatchResult:
     goal_warning: str
 
 
-@dataclass(frozen=True)
-class PacingReport:
-    pacing: Pacing
-    line_items: list[Pacing]
-
-
 class AdOps:
     def __init__(
         self,
@@ -131,12 +117,31 @@ class AdOps:
         catalog: Catalog,
         analytics: Analytics,
         redis: aioredis.Redis | None = None,
+        pacing_cache_ttl_s: float = 0.0,
     ) -> None:
         self._db = db
         self._tokens = page_tokens
         self._catalog = catalog
         self._analytics = analytics
         self._redis = redis
+        self._pacing = PacingCache(pacing_cache_ttl_s)
+
+    async def _audit(
+        self, conn: Any, tenant_id: uuid.UUID, resource: tuple[str, str], details: dict[str, Any]
+    ) -> None:
+        """Records a change in the audit outbox, in the change's transaction; every write
+        goes through here, so it is also where this replica's pacing answers of the
+        tenant are dropped."""
+        self._pacing.forget(tenant_id)
+        await repo.insert_audit(
+            conn,
+            tenant_id,
+            _actor(current_principal()),
+            current_method(),
+            resource,
+            current_request_id(),
+            details,
+        )
 
     # Sponsors
 
@@ -144,7 +149,7 @@ class AdOps:
         sponsor = validate_sponsor(replace(sponsor, id=uuid.uuid4()))
         async with self._db.tenant_transaction(tenant_id) as conn:
             created = await repo.insert_sponsor(conn, tenant_id, sponsor)
-            await _audit(
+            await self._audit(
                 conn,
                 tenant_id,
                 ("sponsor", str(created.id)),
@@ -183,7 +188,9 @@ class AdOps:
             changes = {name: getattr(patch, name) for name in requested}
             updated = validate_sponsor(replace(current, **changes))
             saved = await repo.update_sponsor(conn, updated)
-            await _audit(conn, tenant_id, ("sponsor", str(patch.id)), {"fields": sorted(requested)})
+            await self._audit(
+                conn, tenant_id, ("sponsor", str(patch.id)), {"fields": sorted(requested)}
+            )
             return saved
 
     async def delete_sponsor(self, tenant_id: uuid.UUID, sponsor_id: uuid.UUID) -> None:
@@ -198,7 +205,7 @@ class AdOps:
                     metadata={"campaign_count": str(campaigns), "deal_count": str(deals)},
                 )
             await repo.delete_sponsor(conn, sponsor_id)
-            await _audit(conn, tenant_id, ("sponsor", str(sponsor_id)), {})
+            await self._audit(conn, tenant_id, ("sponsor", str(sponsor_id)), {})
 
     # Campaigns
 
@@ -207,7 +214,7 @@ class AdOps:
         async with self._db.tenant_transaction(tenant_id) as conn:
             await _sponsor_or_fail(conn, campaign.sponsor_id, for_update=True)
             created = await repo.insert_campaign(conn, tenant_id, campaign)
-            await _audit(
+            await self._audit(
                 conn,
                 tenant_id,
                 ("campaign", str(created.id)),
@@ -294,7 +301,7 @@ class AdOps:
                 details["released_placements"] = [
                     str(i) for i in await repo.release_placements(conn, campaign_id=saved.id)
                 ]
-            await _audit(conn, tenant_id, ("campaign", str(saved.id)), details)
+            await self._audit(conn, tenant_id, ("campaign", str(saved.id)), details)
             return saved
 
     async def delete_campaign(self, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> None:
@@ -310,7 +317,7 @@ class AdOps:
                     metadata={"current_state": state_name(current.state)},
                 )
             await repo.delete_campaign(conn, campaign_id)
-            await _audit(conn, tenant_id, ("campaign", str(campaign_id)), {})
+            await self._audit(conn, tenant_id, ("campaign", str(campaign_id)), {})
 
     # Line items
 
@@ -322,7 +329,7 @@ class AdOps:
                 replace(item, id=uuid.uuid4(), state=CampaignState.DRAFT), campaign
             )
             await repo.insert_line_item(conn, tenant_id, item)
-            await _audit(
+            await self._audit(
                 conn,
                 tenant_id,
                 ("line_item", str(item.id)),
@@ -415,7 +422,7 @@ class AdOps:
                 details["released_placements"] = [
                     str(i) for i in await repo.release_placements(conn, line_item_id=current.id)
                 ]
-            await _audit(conn, tenant_id, ("line_item", str(current.id)), details)
+            await self._audit(conn, tenant_id, ("line_item", str(current.id)), details)
             return await _line_item_or_fail(conn, current.id)
 
     async def delete_line_item(self, tenant_id: uuid.UUID, line_item_id: uuid.UUID) -> None:
@@ -436,7 +443,7 @@ class AdOps:
                     reason="LINE_ITEM_HAS_BOOKINGS",
                 )
             await repo.delete_line_item(conn, line_item_id)
-            await _audit(conn, tenant_id, ("line_item", str(line_item_id)), {})
+            await self._audit(conn, tenant_id, ("line_item", str(line_item_id)), {})
 
     # Placements
 
@@ -475,7 +482,7 @@ class AdOps:
                 sponsor,
                 "",
             )
-            await _audit(
+            await self._audit(
                 conn,
                 tenant_id,
                 ("placement", str(created.id)),
@@ -560,7 +567,7 @@ class AdOps:
             elif "position" in requested:
                 updated = replace(updated, ad_slot_id=None, position=patch.position)
             saved = await repo.update_placement(conn, updated)
-            await _audit(
+            await self._audit(
                 conn, tenant_id, ("placement", str(saved.id)), {"fields": sorted(requested)}
             )
             return saved
@@ -578,7 +585,7 @@ class AdOps:
                     metadata={"current_state": state_name(current.state)},
                 )
             await repo.delete_placement(conn, placement_id)
-            await _audit(
+            await self._audit(
                 conn,
                 tenant_id,
                 ("placement", str(placement_id)),
@@ -727,7 +734,7 @@ class AdOps:
             booked = await repo.insert_placement(
                 conn, tenant_id, placement, sponsor, request.request_id
             )
-        await _audit(
+        await self._audit(
             conn,
             tenant_id,
             ("placement", str(booked.id)),
@@ -746,15 +753,25 @@ class AdOps:
     async def line_item_pacing(
         self, tenant_id: uuid.UUID, line_item_id: uuid.UUID, credentials: Metadata
     ) -> PacingReport:
+        cached = self._pacing.get(tenant_id, line_item_id)
+        if cached is not None:
+            return cached
+        generation = self._pacing.generation(tenant_id)
         async with self._db.tenant_transaction(tenant_id) as conn:
             item = await _line_item_or_fail(conn, line_item_id)
             placements = await repo.placements_for_pacing(conn, [item.id])
         paced, _, _ = await self._pace([item], placements, credentials)
-        return PacingReport(paced[0][1], [])
+        report = PacingReport(paced[0][1], [])
+        self._pacing.put(tenant_id, line_item_id, generation, report)
+        return report
 
     async def campaign_pacing(
         self, tenant_id: uuid.UUID, campaign_id: uuid.UUID, credentials: Metadata
     ) -> PacingReport:
+        cached = self._pacing.get(tenant_id, campaign_id)
+        if cached is not None:
+            return cached
+        generation = self._pacing.generation(tenant_id)
         async with self._db.tenant_transaction(tenant_id) as conn:
             campaign = await _campaign_or_fail(conn, campaign_id)
             items = await repo.line_items_of(conn, campaign_id)
@@ -771,7 +788,9 @@ class AdOps:
             as_of,
             zone,
         )
-        return PacingReport(total, [p for _, p in paced])
+        report = PacingReport(total, [p for _, p in paced])
+        self._pacing.put(tenant_id, campaign_id, generation, report)
+        return report
 
     async def _pace(
         self, items: Sequence[LineItem], placements: Sequence[Placement], credentials: Metadata
@@ -942,7 +961,7 @@ class AdOps:
             if deal.campaign_id is not None:
                 await _check_deal_campaign(conn, deal)
             created = await repo.insert_deal(conn, tenant_id, deal)
-            await _audit(conn, tenant_id, ("deal", str(created.id)), {"stage": "prospect"})
+            await self._audit(conn, tenant_id, ("deal", str(created.id)), {"stage": "prospect"})
             return created
 
     async def get_deal(self, tenant_id: uuid.UUID, deal_id: uuid.UUID) -> Deal:
@@ -1003,7 +1022,9 @@ class AdOps:
                         reason="DEAL_CAMPAIGN_REQUIRED",
                     )
             saved = await repo.update_deal(conn, updated)
-            await _audit(conn, tenant_id, ("deal", str(saved.id)), {"fields": sorted(requested)})
+            await self._audit(
+                conn, tenant_id, ("deal", str(saved.id)), {"fields": sorted(requested)}
+            )
             return saved
 
     async def delete_deal(self, tenant_id: uuid.UUID, deal_id: uuid.UUID) -> None:
@@ -1019,7 +1040,7 @@ class AdOps:
                     metadata={"current_stage": state_name(current.stage)},
                 )
             await repo.delete_deal(conn, deal_id)
-            await _audit(conn, tenant_id, ("deal", str(deal_id)), {})
+            await self._audit(conn, tenant_id, ("deal", str(deal_id)), {})
 
     async def transition_deal(
         self,
@@ -1055,7 +1076,7 @@ class AdOps:
             event = await repo.insert_deal_event(
                 conn, tenant_id, deal_id, current.stage, stage, _actor(principal), note
             )
-            await _audit(
+            await self._audit(
                 conn,
                 tenant_id,
                 ("deal", str(deal_id)),

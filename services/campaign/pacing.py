@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -278,3 +279,54 @@ def campaign_pacing(
         makegood_delivered=sum(p.makegood_delivered for _, p in items),
         spend_note=("spend leaves out the CPA line items: " + CPA_SPEND_NOTE if notes else ""),
     )
+
+
+@dataclass(frozen=True)
+class PacingReport:
+    pacing: Pacing
+    line_items: list[Pacing]
+
+
+class PacingCache:
+    """Pacing answers kept for `ttl_s` (0: never), per tenant and line item or campaign.
+
+    Dashboards ask for one campaign's pacing over and over, and each answer reads every
+    placement's deliveries. An answer says until when its counts are complete
+    (as_of_time), so reusing it for a few seconds is disclosed; a change in the tenant's
+    campaigns through this replica drops the tenant's answers at once (another replica's
+    change shows within ttl_s).
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl_s = ttl_s
+        self._entries: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, int, PacingReport]] = {}
+        self._generations: dict[uuid.UUID, int] = {}
+
+    def generation(self, tenant_id: uuid.UUID) -> int:
+        return self._generations.get(tenant_id, 0)
+
+    def forget(self, tenant_id: uuid.UUID) -> None:
+        self._generations[tenant_id] = self.generation(tenant_id) + 1
+
+    def get(self, tenant_id: uuid.UUID, key: uuid.UUID) -> PacingReport | None:
+        entry = self._entries.get((tenant_id, key))
+        if entry is None:
+            return None
+        expires, generation, report = entry
+        if expires < time.monotonic() or generation != self.generation(tenant_id):
+            del self._entries[(tenant_id, key)]
+            return None
+        return report
+
+    def put(
+        self, tenant_id: uuid.UUID, key: uuid.UUID, generation: int, report: PacingReport
+    ) -> None:
+        """Keeps an answer computed while the tenant was at `generation`; one that a change
+        overtook meanwhile is not kept."""
+        if self._ttl_s <= 0 or generation != self.generation(tenant_id):
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            del self._entries[next(iter(self._entries))]
+        self._entries[(tenant_id, key)] = (time.monotonic() + self._ttl_s, generation, report)

@@ -20,6 +20,8 @@ from services.shared.server import Resources, ServiceDefinition
 class CampaignSettings(Settings):
     # How often flights that ended complete their campaigns and line items.
     sweep_interval_s: float = Field(default=30.0, gt=0)
+    # How long a pacing answer is reused (services.campaign.pacing.PacingCache); 0 off.
+    pacing_cache_ttl_s: float = Field(default=5.0, ge=0)
     # How often audit records go to the tenant service's audit log.
     audit_relay_interval_s: float = Field(default=1.0, gt=0)
 
@@ -33,6 +35,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
         Catalog(resources.channel("catalog")),
         Analytics(resources.channel("analytics")),
         resources.redis,
+        settings.pacing_cache_ttl_s,
     )
     sweeper = Sweeper(resources.db, settings.sweep_interval_s)
     sweeper.start()

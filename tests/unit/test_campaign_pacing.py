@@ -18,6 +18,8 @@ from services.campaign.domain import (
 )
 from services.campaign.pacing import (
     CPA_SPEND_NOTE,
+    PacingCache,
+    PacingReport,
     PacingStatus,
     curve,
     flight_days,
@@ -123,3 +125,24 @@ def test_days_follow_the_tenant_zone() -> None:
         ("2026-02-28T00:00:00-05:00", "2026-03-01T00:00:00-05:00"),
         ("2026-03-01T00:00:00-05:00", "2026-03-02T00:00:00-05:00"),
     ]
+
+
+def test_pacing_answers_are_reused_until_the_tenant_changes() -> None:
+    tenant, other, key = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    report = PacingReport(line_item_pacing(item(), {}, 0, START, ZoneInfo("UTC")), [])
+    cache = PacingCache(ttl_s=60)
+    cache.put(tenant, key, cache.generation(tenant), report)
+    assert cache.get(tenant, key) is report
+    assert cache.get(other, key) is None
+    cache.forget(other)
+    assert cache.get(tenant, key) is report
+    cache.forget(tenant)
+    assert cache.get(tenant, key) is None
+    # An answer computed before a change is not kept after it.
+    before = cache.generation(tenant)
+    cache.forget(tenant)
+    cache.put(tenant, key, before, report)
+    assert cache.get(tenant, key) is None
+    off = PacingCache(ttl_s=0)
+    off.put(tenant, key, off.generation(tenant), report)
+    assert off.get(tenant, key) is None
