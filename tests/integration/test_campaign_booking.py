@@ -314,7 +314,7 @@ async def test_refusals_leave_rows_unchanged(
         )
     # 20,000 impressions at USD 25.00 CPM commit 50,000 cents; 30,000 remain.
     assert error_info(over.value).metadata["remaining_minor_units"] == "30000"
-    assert "30000" in over.value.details()
+    assert "30000" in (over.value.details() or "")
 
     bad_inputs = [
         pb.CreateCampaignRequest(

@@ -6,6 +6,7 @@ Envoy with a second tenant that sees none of it."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -264,7 +265,7 @@ async def test_native_grpc_flow_and_a_second_tenant(
     assert pacing.spend.minor_units == half_even(6 * RATE, 1000)
 
     other = bearer((await create_tenant(tenants, stack.admin_token, "flow")).owner_key)
-    hidden = [
+    hidden: list[Awaitable[Any]] = [
         stub.GetSponsor(pb.GetSponsorRequest(sponsor_id=sponsor.id), metadata=other),
         stub.GetCampaign(pb.GetCampaignRequest(campaign_id=campaign.id), metadata=other),
         stub.GetLineItem(pb.GetLineItemRequest(line_item_id=item.id), metadata=other),

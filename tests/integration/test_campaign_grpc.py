@@ -3,7 +3,9 @@ money, flights, update masks, paging, and NOT_FOUND across tenants."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import grpc
@@ -198,7 +200,7 @@ async def test_unknown_ids_and_other_tenants(
         )
     ).deal
     other = await create_tenant(tenants, stack.admin_token, "camp")
-    calls = [
+    calls: list[Awaitable[Any]] = [
         campaigns.GetSponsor(
             pb.GetSponsorRequest(sponsor_id=sponsor.id), metadata=bearer(other.owner_key)
         ),

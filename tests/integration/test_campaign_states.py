@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from typing import Any, cast
 
 import asyncpg
 import grpc
@@ -63,11 +64,11 @@ def pairs(values: list[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.permutations(values, 2)]
 
 
-def states_of(enum: object) -> list[int]:
+def states_of(enum: Any) -> list[int]:
     return [v for v in enum.values() if v != 0]
 
 
-def name(enum: object, value: int) -> str:
+def name(enum: Any, value: int) -> str:
     full: str = enum.Name(value)
     return full.split("_STATE_")[-1].split("_STAGE_")[-1].lower()
 
@@ -113,7 +114,7 @@ async def test_campaign_state_changes(
     info = error_info(refused.value)
     assert info.metadata["current_state"] == name(C, current)
     assert info.metadata["requested_state"] == name(C, requested)
-    assert f"from {name(C, current)} to {name(C, requested)}" in refused.value.details()
+    assert f"from {name(C, current)} to {name(C, requested)}" in (refused.value.details() or "")
 
 
 @pytest.mark.parametrize(("current", "requested"), pairs(states_of(L)))
@@ -273,7 +274,9 @@ async def test_deal_pipeline_history_and_stale_stage(
     # Each transition is also published on the event bus.
     bus = aioredis.from_url(stack.redis_url)
     try:
-        published = await bus.xrange(DEAL_EVENTS_STREAM)
+        published = cast(
+            list[tuple[bytes, dict[bytes, bytes]]], await bus.xrange(DEAL_EVENTS_STREAM)
+        )
     finally:
         await bus.aclose()
     mine = [
