@@ -314,6 +314,16 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         return pb.RevokeApiKeyResponse(api_key=api_key_to_pb(key))
 
+    async def ListAuditEvents(
+        self, request: pb.ListAuditEventsRequest, context: Any
+    ) -> pb.ListAuditEventsResponse:
+        events, token = await self._directory.list_audit_events(
+            current_principal(), page_size(request.page_size), request.page_token
+        )
+        return pb.ListAuditEventsResponse(
+            audit_events=[audit_event_to_pb(e) for e in events], next_page_token=token
+        )
+
     async def AppendAuditEvents(
         self, request: pb.AppendAuditEventsRequest, context: Any
     ) -> pb.AppendAuditEventsResponse:
@@ -350,14 +360,4 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         return pb.AppendAuditEventsResponse(
             appended_count=appended, duplicate_count=len(events) - appended
-        )
-
-    async def ListAuditEvents(
-        self, request: pb.ListAuditEventsRequest, context: Any
-    ) -> pb.ListAuditEventsResponse:
-        events, token = await self._directory.list_audit_events(
-            current_principal(), page_size(request.page_size), request.page_token
-        )
-        return pb.ListAuditEventsResponse(
-            audit_events=[audit_event_to_pb(e) for e in events], next_page_token=token
         )

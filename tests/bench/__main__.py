@@ -16,8 +16,8 @@ BENCHMARKS = (
     "tests.bench.counting",
     "tests.bench.catalog",
     "tests.bench.analytics_ingest",
-    "tests.bench.analytics_queries",
     "tests.bench.campaign",
+    "tests.bench.analytics_queries",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -27,10 +27,11 @@ SUMMARY = (
     "query_p50_ms",
     "query_p95_ms",
     "query_p99_ms",
-    "analytics_peak_rss_mb",
     "campaign_pacing_p95_ms",
     "campaign_refused_pacing_p95_ms",
+    "campaign_pacing_uncached_p95_ms",
     "campaign_booking_per_s",
+    "analytics_peak_rss_mb",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 
