@@ -42,7 +42,7 @@ async def test_ranges_are_checked_and_empty_tenants_get_zeros(
     # Group keys never reach SQL as text: any string is fine.
     odd = pb.AdSlotRange()
     odd.CopyFrom(slot)
-    odd.group_key = "\x00'; --"
+    odd.group_key = "g'); DROP TABLE rollup_daily_ad_slot; --"
     grouped = await stub.CountAdDeliveries(
         pb.CountAdDeliveriesRequest(ranges=[odd, odd]), metadata=bearer(tenant.owner_key)
     )
