@@ -8,8 +8,8 @@ from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 from pydantic import Field
 
-from services.analytics.ad_deliveries import AdDeliveryCounter
 from services.analytics.counting_settings import CountingSettingsStore
+from services.analytics.impressions import AdDeliveryCounter
 from services.analytics.ingest import IngestSettings, build_ingestion
 from services.analytics.metrics import MetricsReader
 from services.analytics.peers import CatalogReleases, TenantProfiles

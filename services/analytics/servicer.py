@@ -17,8 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 
-from services.analytics.ad_deliveries import AdDeliveryCounter, SlotRange
 from services.analytics.counting_settings import CountingSettingsPatch, CountingSettingsStore
+from services.analytics.impressions import AdDeliveryCounter, SlotRange
 from services.analytics.ingest import Ingestor
 from services.analytics.insights import AnomalyDirection
 from services.analytics.metrics import MetricsReader
