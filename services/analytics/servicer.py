@@ -17,8 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 
+from services.analytics import impressions
 from services.analytics.counting_settings import CountingSettingsPatch, CountingSettingsStore
-from services.analytics.impressions import AdDeliveryCounter, SlotRange
 from services.analytics.ingest import Ingestor
 from services.analytics.insights import AnomalyDirection
 from services.analytics.metrics import MetricsReader
@@ -160,7 +160,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         ingestor: Ingestor,
         rebuilds: CountRebuilder,
         reports: ReportCache[pb.QueryMetricsResponse],
-        ad_deliveries: AdDeliveryCounter,
+        ad_deliveries: impressions.AdDeliveryCounter,
     ) -> None:
         self._ad_deliveries = ad_deliveries
         self._metrics = metrics
@@ -392,7 +392,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             if start is None or end is None:
                 raise InvalidArgument.field(field, "start_time and end_time are required")
             ranges.append(
-                SlotRange(
+                impressions.SlotRange(
                     ad_slot_id=parse_uuid(r.ad_slot_id, f"{field}.ad_slot_id"),
                     episode_id=parse_uuid(r.episode_id, f"{field}.episode_id"),
                     start=start,
