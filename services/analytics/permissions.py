@@ -24,6 +24,9 @@ _BY_METHOD: dict[str, MethodRule] = {
     "GetCountingFunnel": Permission.ANALYTICS_READ,
     "GetCountingSettings": Permission.ANALYTICS_READ,
     "UpdateCountingSettings": Permission.ANALYTICS_ADMIN,
+    # Campaign pacing asks with its caller's credential; whoever may read a
+    # campaign's pacing may read the deliveries behind it.
+    "CountAdDeliveries": Permission.CAMPAIGN_READ,
 }
 RULES = {f"/{SERVICE}/{method}": rule for method, rule in _BY_METHOD.items()}
 

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from services.analytics.counting import default_classifier
 from services.analytics.counting_settings import CountingSettingsStore
+from services.analytics.impressions import AdDeliveryCounter
 from services.analytics.ingest import IngestSettings, build_ingestion
 from services.analytics.metrics import MetricsReader
 from services.analytics.peers import CatalogReleases, TenantProfiles
@@ -53,7 +54,15 @@ async def register(server: aio.Server, resources: Resources) -> None:
     reports: ReportCache[pb.QueryMetricsResponse] = ReportCache(
         resources.db, max_bytes=settings.query_cache_bytes, ttl_s=settings.query_cache_ttl_s
     )
-    servicer = AnalyticsServicer(metrics, watcher, counting_settings, ingestor, rebuilder, reports)
+    servicer = AnalyticsServicer(
+        metrics,
+        watcher,
+        counting_settings,
+        ingestor,
+        rebuilder,
+        reports,
+        AdDeliveryCounter(resources.db, tenants),
+    )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
 
 

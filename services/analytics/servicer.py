@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 
+from services.analytics import impressions
 from services.analytics.counting_settings import CountingSettingsPatch, CountingSettingsStore
 from services.analytics.funnel_report import funnel_to_pb
 from services.analytics.ingest import Ingestor
@@ -161,7 +162,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         ingestor: Ingestor,
         rebuilds: CountRebuilder,
         reports: ReportCache[pb.QueryMetricsResponse],
+        ad_deliveries: impressions.AdDeliveryCounter,
     ) -> None:
+        self._ad_deliveries = ad_deliveries
         self._metrics = metrics
         self._reports = reports
         self._watcher = watcher
@@ -395,3 +398,59 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             list(request.update_mask.paths),
         )
         return pb.UpdateCountingSettingsResponse(counting_settings=counting_settings_to_pb(stored))
+
+    # Campaign delivery
+
+    async def CountAdDeliveries(
+        self, request: pb.CountAdDeliveriesRequest, context: Any
+    ) -> pb.CountAdDeliveriesResponse:
+        ranges = []
+        for i, r in enumerate(request.ranges):
+            field = f"ranges[{i}]"
+            start, end = instant(r, "start_time"), instant(r, "end_time")
+            if start is None or end is None:
+                raise InvalidArgument.field(field, "start_time and end_time are required")
+            ranges.append(
+                impressions.SlotRange(
+                    ad_slot_id=parse_uuid(r.ad_slot_id, f"{field}.ad_slot_id"),
+                    episode_id=parse_uuid(r.episode_id, f"{field}.episode_id"),
+                    start=start,
+                    end=end,
+                    group_key=r.group_key,
+                )
+            )
+        counts = await self._ad_deliveries.count(current_tenant_id(), ranges)
+        # Ranges share their days: each day's Timestamp is made once.
+        stamps: dict[datetime, Timestamp | None] = {}
+        for days in [c.days for c in counts.ranges] + [g.days for g in counts.groups]:
+            for day, _ in days:
+                if day not in stamps:
+                    stamps[day] = timestamp(day)
+        return pb.CountAdDeliveriesResponse(
+            ranges=[
+                pb.AdSlotDeliveries(
+                    ad_slot_id=str(c.range.ad_slot_id),
+                    start_time=timestamp(c.range.start),
+                    end_time=timestamp(c.range.end),
+                    ads_delivered=c.total,
+                    days=[
+                        pb.DailyAdDeliveries(day_start_time=stamps[day], ads_delivered=n)
+                        for day, n in c.days
+                    ],
+                )
+                for c in counts.ranges
+            ],
+            groups=[
+                pb.AdDeliveryGroup(
+                    group_key=g.group_key,
+                    ads_delivered=g.total,
+                    days=[
+                        pb.DailyAdDeliveries(day_start_time=stamps[day], ads_delivered=n)
+                        for day, n in g.days
+                    ],
+                )
+                for g in counts.groups
+            ],
+            time_zone=counts.time_zone,
+            complete_until_time=timestamp(counts.complete_until),
+        )

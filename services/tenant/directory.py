@@ -530,6 +530,12 @@ class TenantDirectory:
 
     # Audit
 
+    async def append_audit_events(self, tenant_id: uuid.UUID, events: list[AuditEvent]) -> int:
+        """Other services' records, each once by id; how many were new."""
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            await _tenant_or_fail(conn, tenant_id)
+            return await repo.append_audit_events(conn, tenant_id, events)
+
     async def list_audit_events(
         self, principal: Principal, page_size: int, page_token: str
     ) -> tuple[list[AuditEvent], str]:

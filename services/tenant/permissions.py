@@ -27,5 +27,7 @@ _BY_METHOD: dict[str, MethodRule] = {
     "RevokeApiKey": Permission.API_KEYS_WRITE,
     "IssueOwnerApiKey": Permission.PLATFORM_ADMIN,
     "ListAuditEvents": Permission.AUDIT_READ,
+    # Other services relay the audit records they wrote with their own changes.
+    "AppendAuditEvents": Permission.PLATFORM_ADMIN,
 }
 RULES = {f"/{SERVICE}/{method}": rule for method, rule in _BY_METHOD.items()}

@@ -437,6 +437,32 @@ async def insert_audit_event(
     )
 
 
+async def append_audit_events(conn: Conn, tenant_id: uuid.UUID, events: list[AuditEvent]) -> int:
+    if not events:
+        return 0
+    rows = await conn.fetch(
+        """
+        INSERT INTO audit_events (tenant_id, event_id, occurred_at, actor_type, actor_id,
+            method, resource_type, resource_id, request_id, details)
+        SELECT $1, * FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[],
+            $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[])
+        ON CONFLICT (tenant_id, event_id) DO NOTHING
+        RETURNING event_id
+        """,
+        tenant_id,
+        [e.id for e in events],
+        [e.occurred_at for e in events],
+        [e.actor_type for e in events],
+        [e.actor_id for e in events],
+        [e.method for e in events],
+        [e.resource_type for e in events],
+        [e.resource_id for e in events],
+        [e.request_id for e in events],
+        [json.dumps(e.details) for e in events],
+    )
+    return len(rows)
+
+
 async def list_audit_events(
     conn: Conn, after: tuple[datetime, uuid.UUID] | None, limit: int
 ) -> list[AuditEvent]:

@@ -12,7 +12,7 @@ from services.shared.auth import CredentialVerifier, Principal, PrincipalType, R
 from services.shared.client_address import client_address
 from services.shared.context import current_principal
 from services.shared.protobuf import from_timestamp, timestamp
-from services.shared.validation import page_size, parse_uuid
+from services.shared.validation import Violations, page_size, parse_uuid
 from services.tenant.directory import TenantDirectory
 from services.tenant.domain import (
     ApiKey,
@@ -62,6 +62,10 @@ PRINCIPAL_TYPE_TO_PB = {
     PrincipalType.API_KEY: pb.PRINCIPAL_TYPE_API_KEY,
     PrincipalType.PLATFORM_ADMIN: pb.PRINCIPAL_TYPE_PLATFORM_ADMIN,
 }
+
+
+# Records one AppendAuditEvents call may carry.
+MAX_APPENDED_AUDIT_EVENTS = 500
 
 
 def tenant_to_pb(tenant: Tenant) -> pb.Tenant:
@@ -344,4 +348,42 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         )
         return pb.ListAuditEventsResponse(
             audit_events=[audit_event_to_pb(e) for e in events], next_page_token=token
+        )
+
+    async def AppendAuditEvents(
+        self, request: pb.AppendAuditEventsRequest, context: Any
+    ) -> pb.AppendAuditEventsResponse:
+        v = Violations()
+        if len(request.audit_events) > MAX_APPENDED_AUDIT_EVENTS:
+            v.add("audit_events", f"at most {MAX_APPENDED_AUDIT_EVENTS}")
+        events = []
+        for i, e in enumerate(request.audit_events):
+            field = f"audit_events[{i}]"
+            for name in ("actor_type", "method", "resource_type", "resource_id"):
+                v.check(bool(getattr(e, name)), f"{field}.{name}", "is required")
+            v.check(e.HasField("event_time"), f"{field}.event_time", "is required")
+            try:
+                event_id = uuid.UUID(e.id)
+            except ValueError:
+                v.add(f"{field}.id", "must be a UUID")
+                continue
+            events.append(
+                AuditEvent(
+                    id=event_id,
+                    occurred_at=from_timestamp(e.event_time),
+                    actor_type=e.actor_type,
+                    actor_id=e.actor_id,
+                    method=e.method,
+                    resource_type=e.resource_type,
+                    resource_id=e.resource_id,
+                    request_id=e.request_id,
+                    details=dict(e.details),
+                )
+            )
+        v.raise_if_any()
+        appended = await self._directory.append_audit_events(
+            parse_uuid(request.tenant_id, "tenant_id"), events
+        )
+        return pb.AppendAuditEventsResponse(
+            appended_count=appended, duplicate_count=len(events) - appended
         )

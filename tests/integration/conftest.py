@@ -8,6 +8,7 @@ from typing import TypeAlias
 import grpc
 import httpx
 import pytest
+from podmesh.campaign.v1 import campaign_pb2_grpc
 from podmesh.catalog.v1 import catalog_pb2_grpc
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
@@ -60,3 +61,10 @@ def feeds() -> Iterator[FeedServer]:
     """A local HTTP server for feed fixtures (the catalog may fetch from loopback in tests)."""
     with FeedServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+async def campaigns(stack: Stack) -> AsyncIterator[campaign_pb2_grpc.CampaignServiceAsyncStub]:
+    """The campaign service, called directly on its own port."""
+    async with grpc.aio.insecure_channel(stack.service_addr("campaign")) as channel:
+        yield campaign_pb2_grpc.CampaignServiceStub(channel)

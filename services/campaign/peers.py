@@ -1,0 +1,268 @@
+"""What the campaign service asks other services, with its caller's credential: the
+catalog's episodes, podcasts and ad slots, and analytics' ad deliveries, downloads
+and forecasts. The peers apply their own permissions and row-level security."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from grpc import aio
+from podmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+
+from services.campaign.domain import AdPosition, EpisodeFacts, Slot
+from services.shared.peers import Metadata, forwarded, peer_error
+
+PEER_TIMEOUT_S = 5.0
+# Counting a large campaign's deliveries reads a day per placement per day of flight.
+DELIVERIES_TIMEOUT_S = 15.0
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+_PODCAST_PAGE = 200
+_MAX_PODCAST_PAGES = 10
+
+
+def _instant(ts: object) -> datetime:
+    assert hasattr(ts, "ToDatetime")
+    value: datetime = ts.ToDatetime(tzinfo=UTC)
+    return value
+
+
+@dataclass(frozen=True)
+class PodcastSummary:
+    id: uuid.UUID
+    title: str
+    categories: tuple[str, ...]
+    explicit: bool
+    keywords: tuple[tuple[str, float], ...]
+    episode_count: int
+
+
+def _podcast(p: catalog_pb2.Podcast) -> PodcastSummary:
+    return PodcastSummary(
+        id=uuid.UUID(p.id),
+        title=p.title,
+        categories=tuple(p.categories),
+        explicit=p.explicit,
+        keywords=tuple((k.text, k.weight) for k in p.keywords),
+        episode_count=p.episode_count,
+    )
+
+
+class Catalog:
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+
+    async def episode(
+        self, episode_id: uuid.UUID, credentials: Metadata, *, with_podcast: bool = True
+    ) -> EpisodeFacts:
+        """The episode and its slots; its podcast's categories and explicit flag only
+        `with_podcast` (targeting that needs them), which costs a second call."""
+        try:
+            episode = (
+                await self._stub.GetEpisode(
+                    catalog_pb2.GetEpisodeRequest(episode_id=str(episode_id)),
+                    metadata=forwarded(credentials),
+                    timeout=PEER_TIMEOUT_S,
+                )
+            ).episode
+            podcast = catalog_pb2.Podcast()
+            if with_podcast:
+                podcast = (
+                    await self._stub.GetPodcast(
+                        catalog_pb2.GetPodcastRequest(podcast_id=episode.podcast_id),
+                        metadata=forwarded(credentials),
+                        timeout=PEER_TIMEOUT_S,
+                    )
+                ).podcast
+        except grpc.aio.AioRpcError as error:
+            raise peer_error(error, "catalog", not_found=("episode", str(episode_id))) from None
+        return EpisodeFacts(
+            id=uuid.UUID(episode.id),
+            podcast_id=uuid.UUID(episode.podcast_id),
+            publish_at=_instant(episode.publish_time) if episode.HasField("publish_time") else None,
+            explicit=episode.explicit,
+            podcast_explicit=podcast.explicit,
+            podcast_categories=tuple(podcast.categories),
+            slots=tuple(
+                Slot(
+                    id=uuid.UUID(s.id),
+                    position=AdPosition(s.position),
+                    start_byte=s.start_byte,
+                    end_byte=s.end_byte,
+                )
+                for s in episode.ad_slots
+            ),
+        )
+
+    async def podcasts(self, credentials: Metadata) -> list[PodcastSummary]:
+        """The tenant's podcasts, by title (at most 2,000)."""
+        out: list[PodcastSummary] = []
+        token = ""
+        for _ in range(_MAX_PODCAST_PAGES):
+            try:
+                response = await self._stub.ListPodcasts(
+                    catalog_pb2.ListPodcastsRequest(page_size=_PODCAST_PAGE, page_token=token),
+                    metadata=forwarded(credentials),
+                    timeout=PEER_TIMEOUT_S,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise peer_error(error, "catalog") from None
+            out.extend(_podcast(p) for p in response.podcasts)
+            token = response.next_page_token
+            if not token:
+                break
+        return out
+
+    async def episodes(
+        self, podcast_id: uuid.UUID, credentials: Metadata, limit: int = 200
+    ) -> list[EpisodeFacts]:
+        """The podcast's newest episodes (one page), without podcast facts."""
+        try:
+            response = await self._stub.ListEpisodes(
+                catalog_pb2.ListEpisodesRequest(podcast_id=str(podcast_id), page_size=limit),
+                metadata=forwarded(credentials),
+                timeout=PEER_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise peer_error(error, "catalog", not_found=("podcast", str(podcast_id))) from None
+        return [
+            EpisodeFacts(
+                id=uuid.UUID(e.id),
+                podcast_id=podcast_id,
+                publish_at=_instant(e.publish_time) if e.HasField("publish_time") else None,
+                explicit=e.explicit,
+                podcast_explicit=False,
+                podcast_categories=(),
+                slots=tuple(
+                    Slot(uuid.UUID(s.id), AdPosition(s.position), s.start_byte, s.end_byte)
+                    for s in e.ad_slots
+                ),
+            )
+            for e in response.episodes
+        ]
+
+
+@dataclass(frozen=True)
+class SlotRange:
+    ad_slot_id: uuid.UUID
+    episode_id: uuid.UUID
+    start: datetime
+    end: datetime
+    group_key: str
+
+
+@dataclass(frozen=True)
+class Deliveries:
+    # Per group key: (day start, ads delivered) for days with deliveries.
+    days: dict[str, list[tuple[datetime, int]]]
+    time_zone: str
+    complete_until: datetime
+
+
+class Analytics:
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+
+    async def ad_deliveries(self, ranges: Sequence[SlotRange], credentials: Metadata) -> Deliveries:
+        request = analytics_pb2.CountAdDeliveriesRequest()
+        for r in ranges:
+            item = request.ranges.add(
+                ad_slot_id=str(r.ad_slot_id), episode_id=str(r.episode_id), group_key=r.group_key
+            )
+            item.start_time.FromDatetime(r.start.astimezone(UTC))
+            item.end_time.FromDatetime(r.end.astimezone(UTC))
+        try:
+            response = await self._stub.CountAdDeliveries(
+                request, metadata=forwarded(credentials), timeout=DELIVERIES_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as error:
+            raise peer_error(error, "analytics") from None
+        # Ranges share their days: each day is converted once.
+        days: dict[int, datetime] = {}
+        out = {}
+        for group in response.groups:
+            counted = []
+            for d in group.days:
+                seconds = d.day_start_time.seconds
+                day = days.get(seconds)
+                if day is None:
+                    day = days[seconds] = datetime.fromtimestamp(seconds, UTC)
+                counted.append((day, d.ads_delivered))
+            out[group.group_key] = counted
+        return Deliveries(
+            days=out,
+            time_zone=response.time_zone or "UTC",
+            complete_until=_instant(response.complete_until_time),
+        )
+
+    async def daily_downloads(
+        self, podcast_id: uuid.UUID, start: datetime, end: datetime, credentials: Metadata
+    ) -> list[int]:
+        """Downloads per day of the podcast over [start, end), oldest first."""
+        request = analytics_pb2.QueryMetricsRequest(
+            podcast_id=str(podcast_id),
+            granularity=analytics_pb2.GRANULARITY_DAY,
+            metrics=[analytics_pb2.METRIC_DOWNLOADS],
+        )
+        request.start_time.FromDatetime(start.astimezone(UTC))
+        request.end_time.FromDatetime(end.astimezone(UTC))
+        try:
+            response = await self._stub.QueryMetrics(
+                request, metadata=forwarded(credentials), timeout=PEER_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as error:
+            raise peer_error(error, "analytics", not_found=("podcast", str(podcast_id))) from None
+        return [p.downloads for p in response.points]
+
+    async def forecast_downloads(
+        self, podcast_id: uuid.UUID, days: int, credentials: Metadata
+    ) -> float | None:
+        """Predicted downloads of the podcast over the next `days` days; None when
+        analytics has too little history to forecast."""
+        try:
+            response = await self._stub.GetForecast(
+                analytics_pb2.GetForecastRequest(podcast_id=str(podcast_id), horizon_days=days),
+                metadata=forwarded(credentials),
+                timeout=PEER_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                return None
+            raise peer_error(error, "analytics", not_found=("podcast", str(podcast_id))) from None
+        return sum(max(p.predicted_downloads, 0.0) for p in response.points)
+
+    async def country_shares(
+        self, podcast_id: uuid.UUID, start: datetime, end: datetime, credentials: Metadata
+    ) -> dict[str, int]:
+        """Downloads by country over [start, end)."""
+        request = analytics_pb2.QueryMetricsRequest(
+            podcast_id=str(podcast_id),
+            granularity=analytics_pb2.GRANULARITY_TOTAL,
+            metrics=[analytics_pb2.METRIC_DOWNLOADS],
+            breakdown=analytics_pb2.DIMENSION_COUNTRY,
+            breakdown_limit=100,
+        )
+        request.start_time.FromDatetime(start.astimezone(UTC))
+        request.end_time.FromDatetime(end.astimezone(UTC))
+        try:
+            response = await self._stub.QueryMetrics(
+                request, metadata=forwarded(credentials), timeout=PEER_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as error:
+            raise peer_error(error, "analytics", not_found=("podcast", str(podcast_id))) from None
+        return {p.dimension_value: p.downloads for p in response.totals}
+
+
+def credentials(context: Any) -> Metadata:
+    """The caller's credential, forwarded to peers so they act for the caller."""
+    metadata = context.invocation_metadata() or ()
+    return tuple(
+        (key, value)
+        for key, value in metadata
+        if key in CREDENTIAL_HEADERS and isinstance(value, str)
+    )
