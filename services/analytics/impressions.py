@@ -19,10 +19,11 @@ from typing import TypeAlias
 
 import asyncpg
 
-from services.analytics.buckets import day_start, local_date, time_zone
+from services.analytics.buckets import day_start, local_date
 from services.analytics.peers import ClockSource
 from services.shared.db import Database
 from services.shared.errors import InvalidArgument
+from services.shared.timezones import time_zone
 from services.shared.validation import Violations
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"

@@ -44,6 +44,8 @@ _INPUTS_BY_METHOD: dict[str, InputRule] = {
     "ExportMetrics": _REPORT,
     # 1,000 IP ranges and 200 user agent substrings of 200 characters.
     "UpdateCountingSettings": InputRule(max_bytes=256 * KIB),
+    # A campaign's pacing asks for up to 1,000 placements' slot ranges at once.
+    "CountAdDeliveries": _REPORT,
 }
 
 

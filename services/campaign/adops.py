@@ -26,7 +26,6 @@ from services.campaign.domain import (
     LINE_ITEM_UPDATABLE,
     PLACEMENT_UPDATABLE,
     SPONSOR_UPDATABLE,
-    Aborted,
     AdPosition,
     AdType,
     Campaign,
@@ -66,6 +65,7 @@ from services.shared.auth import Principal
 from services.shared.context import current_method, current_principal, current_request_id
 from services.shared.db import Database
 from services.shared.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,

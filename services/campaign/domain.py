@@ -12,9 +12,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TypeVar
 
-import grpc
-
-from services.shared.errors import DomainError, FailedPrecondition, InvalidArgument
+from services.shared.errors import FailedPrecondition, InvalidArgument
 from services.shared.validation import Violations, is_email
 
 # Money and counts are bounded well inside int64, so that sums over a campaign's line
@@ -31,13 +29,6 @@ _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 S = TypeVar("S", bound=enum.IntEnum)
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-
-
-class Aborted(DomainError):
-    """A conditional write whose condition no longer holds: read again and retry."""
-
-    code = grpc.StatusCode.ABORTED
-    default_reason = "ABORTED"
 
 
 class CampaignState(enum.IntEnum):
