@@ -23,8 +23,8 @@ from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 from services.analytics.counting.windows import CountingWindow
 from services.analytics.reports import TenantClock
 from services.shared.peers import forwarded, peer_error
+from services.shared.quotas import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
 from services.shared.timezones import is_time_zone
-from services.tenant.domain import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
 
 log = logging.getLogger("podmesh.analytics.peers")
 
