@@ -11,8 +11,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.analytics import metrics_repository as repo
-from services.analytics.metrics_repository import StoredCountingSettings
+from services.analytics.queries import repository as repo
+from services.analytics.queries.repository import StoredCountingSettings
 from services.shared.db import Database
 from services.shared.validation import Violations, mask_paths
 

@@ -1,5 +1,6 @@
 """The counting funnel's rollup (counting_funnel, migration 0040): written by ingestion
-and RebuildCounts in their counting transactions, read by GetCountingFunnel.
+and RebuildCounts in their counting transactions, read by GetCountingFunnel
+(services.analytics.queries.funnel_report).
 
 Rows are requests per (zone, day, episode, outcome, filter reason, counting day): the
 funnel of services.analytics.counting.funnel summed by the day of each request's time,
@@ -20,8 +21,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from services.analytics.counting import DAY_US, CalendarDays, CountingWindow, FilterReason, from_us
-from services.analytics.counting.funnel import FunnelKey, Outcome
+from services.analytics.counting import DAY_US, CalendarDays, CountingWindow, from_us
+from services.analytics.counting.funnel import FunnelKey
 
 _EPOCH_DATE = dt.date(1970, 1, 1)
 _UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu"})
@@ -170,49 +171,3 @@ async def forget_counting_day(
         list(episodes),
         counting_day,
     )
-
-
-@dataclass(frozen=True)
-class FunnelTotals:
-    """A period's funnel: requests per outcome, and filtered ones per reason."""
-
-    outcomes: Mapping[Outcome, int]
-    filtered: Mapping[FilterReason, int]
-
-    def __getitem__(self, outcome: Outcome) -> int:
-        return self.outcomes.get(outcome, 0)
-
-
-async def read_funnel(
-    conn: asyncpg.Connection,
-    tenant_id: uuid.UUID,
-    zone: str,
-    first_day: dt.date,
-    end_day: dt.date,
-    podcast_id: uuid.UUID | None,
-    episode_id: uuid.UUID | None,
-) -> FunnelTotals:
-    """The funnel of the days [first_day, end_day) of a zone's rows."""
-    rows = await conn.fetch(
-        """
-        SELECT outcome, reason, sum(requests)::int8 AS requests FROM counting_funnel
-        WHERE tenant_id = $1 AND zone = $2 AND day >= $3 AND day < $4
-            AND ($5::uuid IS NULL OR podcast_id = $5)
-            AND ($6::uuid IS NULL OR episode_id = $6)
-        GROUP BY outcome, reason
-        """,
-        tenant_id,
-        zone,
-        first_day,
-        end_day,
-        podcast_id,
-        episode_id,
-    )
-    outcomes: dict[Outcome, int] = defaultdict(int)
-    filtered: dict[FilterReason, int] = {}
-    for row in rows:
-        outcome = Outcome(row["outcome"])
-        outcomes[outcome] += row["requests"]
-        if outcome is Outcome.FILTERED:
-            filtered[FilterReason(row["reason"])] = row["requests"]
-    return FunnelTotals(dict(outcomes), filtered)

@@ -40,7 +40,6 @@ from services.analytics.counting import (
     compile_rules,
 )
 from services.analytics.counting_settings import CountingSettingsStore
-from services.analytics.funnel_report import filter_reason_counts
 from services.analytics.ingest_limits import RateLimiter
 from services.analytics.ingest_peers import EpisodeResolver
 from services.analytics.ingest_records import check_batch, episode_references
@@ -54,6 +53,7 @@ from services.analytics.ingest_store import (
 )
 from services.analytics.live import CountedDownloads, EpisodeRequests, LiveRecorder
 from services.analytics.peers import Metadata, TenantProfiles
+from services.analytics.queries.funnel_report import filter_reason_counts
 from services.analytics.rebuild import CountRebuilder
 from services.shared.auth import Principal
 from services.shared.config import Settings

@@ -21,7 +21,7 @@ from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
 from services.analytics.counting.windows import CountingWindow
-from services.analytics.reports import TenantClock
+from services.analytics.queries.reports import TenantClock
 from services.shared.peers import forwarded, peer_error
 from services.shared.quotas import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
 from services.shared.timezones import is_time_zone

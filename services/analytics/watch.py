@@ -20,10 +20,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from services.analytics import live
-from services.analytics import metrics_repository as repo
-from services.analytics.buckets import day_start
 from services.analytics.peers import ClockSource
-from services.analytics.reports import TenantClock, listeners_estimate
+from services.analytics.queries import repository as repo
+from services.analytics.queries.buckets import day_start
+from services.analytics.queries.reports import TenantClock, listeners_estimate
 from services.shared.db import Database
 from services.shared.errors import InvalidArgument
 from services.shared.timezones import time_zone

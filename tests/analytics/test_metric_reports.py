@@ -11,10 +11,10 @@ import pytest
 from datasketches import hll_sketch
 
 from services.analytics import live
-from services.analytics.buckets import Granularity
 from services.analytics.counting.windows import CountingWindow
-from services.analytics.metrics import release_span
-from services.analytics.reports import (
+from services.analytics.queries.buckets import Granularity
+from services.analytics.queries.metrics import release_span
+from services.analytics.queries.reports import (
     EXPORT_LIMITS,
     QUERY_LIMITS,
     CountRow,

@@ -32,7 +32,7 @@ from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 from devstack.stack import Stack
 from services.analytics import live
 from services.analytics.counting.windows import CountingWindow
-from services.analytics.reports import TenantClock
+from services.analytics.queries.reports import TenantClock
 from services.analytics.watch import LiveWatcher
 from services.shared.db import Database
 from services.shared.server import create_redis

@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from services.analytics.reports import CountRow, Dimension, Plan, Source
+from services.analytics.queries.reports import CountRow, Dimension, Plan, Source
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 

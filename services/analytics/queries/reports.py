@@ -20,7 +20,8 @@ from typing import NamedTuple, TypeVar
 
 from datasketches import hll_sketch, hll_union
 
-from services.analytics.buckets import (
+from services.analytics.counting.windows import CountingWindow
+from services.analytics.queries.buckets import (
     DAY,
     UTC_NAMES,
     Buckets,
@@ -29,7 +30,6 @@ from services.analytics.buckets import (
     local_date,
     make_buckets,
 )
-from services.analytics.counting.windows import CountingWindow
 from services.shared.timezones import time_zone
 from services.shared.validation import Violations
 
