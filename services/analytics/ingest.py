@@ -51,7 +51,7 @@ from services.analytics.ingest_store import (
     StagedBatch,
     TenantCounting,
 )
-from services.analytics.live import CountedDownloads, EpisodeRequests, LiveRecorder
+from services.analytics.live.counters import CountedDownloads, EpisodeRequests, LiveRecorder
 from services.analytics.peers import Metadata, TenantProfiles
 from services.analytics.queries.funnel_report import filter_reason_counts
 from services.analytics.rebuild import CountRebuilder

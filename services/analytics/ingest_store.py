@@ -59,7 +59,7 @@ from services.analytics.counting.user_agents import UNKNOWN
 from services.analytics.funnel_rollup import Bucket, FunnelRollup, FunnelScope
 from services.analytics.ingest_records import RAW_COLUMNS, RawRow
 from services.analytics.ingest_state import decode, encode
-from services.analytics.live import CountedDownloads, EpisodeRequests
+from services.analytics.live.counters import CountedDownloads, EpisodeRequests
 from services.shared.db import Database
 from services.shared.errors import ResourceExhausted, Unavailable
 

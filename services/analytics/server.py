@@ -11,12 +11,12 @@ from pydantic import Field
 from services.analytics.counting import default_classifier
 from services.analytics.counting_settings import CountingSettingsStore
 from services.analytics.ingest import IngestSettings, build_ingestion
+from services.analytics.live.watch import LiveWatcher
 from services.analytics.peers import CatalogReleases, TenantProfiles
 from services.analytics.permissions import RULES, SERVICE, inputs
 from services.analytics.queries.metrics import MetricsReader
 from services.analytics.queries.report_cache import ReportCache
 from services.analytics.servicer import AnalyticsServicer
-from services.analytics.watch import LiveWatcher
 from services.shared.server import Resources, ServiceDefinition
 
 
