@@ -1,6 +1,6 @@
 """What analytics asks other services: the tenant's settings and quotas (tenant
 service) and episodes' release times (catalog). Episodes for ingestion are resolved in
-`ingest_peers`.
+`ingest.episodes`.
 
 Catalog calls forward the caller's own credential, so the catalog applies its own
 permission rules and row-level security to exactly the caller.

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from services.analytics.counting import default_classifier
 from services.analytics.counting_settings import CountingSettingsStore
-from services.analytics.ingest import IngestSettings, build_ingestion
+from services.analytics.ingest.ingestor import IngestSettings, build_ingestion
 from services.analytics.live.watch import LiveWatcher
 from services.analytics.peers import CatalogReleases, TenantProfiles
 from services.analytics.permissions import RULES, SERVICE, inputs

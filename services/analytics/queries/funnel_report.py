@@ -1,6 +1,6 @@
 """GetCountingFunnel's arithmetic and messages: which days a period covers, the funnel
-read from its rollup (counting_funnel, written by services.analytics.funnel_rollup), and
-the protobuf forms shared with the ingestion acknowledgements."""
+read from its rollup (counting_funnel, written by services.analytics.ingest.funnel_rollup),
+and the protobuf forms shared with the ingestion acknowledgements."""
 
 from __future__ import annotations
 

@@ -57,10 +57,10 @@ from services.analytics.counting import (
 )
 from services.analytics.counting.funnel import funnel_of_day
 from services.analytics.counting_settings import CountingSettingsStore
-from services.analytics.funnel_rollup import FunnelRollup, FunnelScope, forget_counting_day
-from services.analytics.ingest_peers import EpisodeResolver
-from services.analytics.ingest_state import encode
-from services.analytics.ingest_store import (
+from services.analytics.ingest.episodes import EpisodeResolver
+from services.analytics.ingest.funnel_rollup import FunnelRollup, FunnelScope, forget_counting_day
+from services.analytics.ingest.state import encode
+from services.analytics.ingest.store import (
     SKETCH_LG_K,
     UTC_ZONE_NAMES,
     begin_counting,
