@@ -17,7 +17,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 
-from services.analytics.counting_settings import CountingSettingsPatch, CountingSettingsStore
+from services.analytics.counting_settings import (
+    CountingSettingsPatch,
+    CountingSettingsStore,
+    StoredCountingSettings,
+)
 from services.analytics.ingest.ingestor import Ingestor
 from services.analytics.ingest.rebuild import CountRebuilder
 from services.analytics.live.watch import LiveCounters, LiveWatcher
@@ -27,7 +31,6 @@ from services.analytics.queries.insights import AnomalyDirection
 from services.analytics.queries.metrics import MetricsReader
 from services.analytics.queries.report_cache import ReportCache
 from services.analytics.queries.reports import Methodology, MetricPoint, MetricsQuery, Report
-from services.analytics.queries.repository import StoredCountingSettings
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
 from services.shared.validation import parse_uuid
