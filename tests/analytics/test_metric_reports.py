@@ -12,6 +12,7 @@ from datasketches import hll_sketch
 
 from services.analytics.counting.windows import CountingWindow
 from services.analytics.live import counters
+from services.analytics.peers import TenantClock
 from services.analytics.queries.buckets import Granularity
 from services.analytics.queries.metrics import release_span
 from services.analytics.queries.reports import (
@@ -24,7 +25,6 @@ from services.analytics.queries.reports import (
     MetricsQuery,
     SketchRow,
     Source,
-    TenantClock,
     assemble,
     listeners_estimate,
     methodology,

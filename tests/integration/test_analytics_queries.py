@@ -33,7 +33,7 @@ from devstack.stack import Stack
 from services.analytics.counting.windows import CountingWindow
 from services.analytics.live import counters as live
 from services.analytics.live.watch import LiveWatcher
-from services.analytics.queries.reports import TenantClock
+from services.analytics.peers import TenantClock
 from services.shared.db import Database
 from services.shared.server import create_redis
 from tests.support import TenantHandle, bearer, create_tenant, error_info, violated_fields

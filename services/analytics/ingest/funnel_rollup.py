@@ -23,9 +23,9 @@ import asyncpg
 
 from services.analytics.counting import DAY_US, CalendarDays, CountingWindow, from_us
 from services.analytics.counting.funnel import FunnelKey
+from services.shared.timezones import UTC_NAMES
 
 _EPOCH_DATE = dt.date(1970, 1, 1)
-_UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu"})
 
 # (zone, day, episode, outcome, reason, counting day)
 RowKey = tuple[str, dt.date, str, str, str, dt.date]
@@ -50,7 +50,7 @@ class _Days:
     """Local dates of instants in one zone, cached per day start."""
 
     def __init__(self, time_zone: str) -> None:
-        self._utc = time_zone in _UTC_NAMES
+        self._utc = time_zone in UTC_NAMES
         self._calendar = _calendar(time_zone)
         self._zone = ZoneInfo(time_zone)
         self._dates: dict[int, dt.date] = {}
@@ -83,7 +83,7 @@ class FunnelRollup:
     def __init__(self, scope: FunnelScope) -> None:
         self._counting = _Days(counting_zone(scope.window, scope.time_zone))
         self._zones: tuple[tuple[str, _Days], ...] = (("UTC", _Days("UTC")),) + (
-            (("local", _Days(scope.time_zone)),) if scope.time_zone not in _UTC_NAMES else ()
+            (("local", _Days(scope.time_zone)),) if scope.time_zone not in UTC_NAMES else ()
         )
         self.rows: dict[RowKey, int] = defaultdict(int)
         self._buckets: dict[int, Bucket] = {}

@@ -20,10 +20,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from services.analytics.live import counters as live
-from services.analytics.peers import ClockSource
+from services.analytics.peers import ClockSource, TenantClock
 from services.analytics.queries import repository as repo
 from services.analytics.queries.buckets import day_start
-from services.analytics.queries.reports import TenantClock, listeners_estimate
+from services.analytics.queries.reports import listeners_estimate
 from services.shared.db import Database
 from services.shared.errors import InvalidArgument
 from services.shared.timezones import time_zone

@@ -16,8 +16,9 @@ from podmesh.analytics.v1 import analytics_pb2 as pb
 
 from services.analytics.counting import FilterReason
 from services.analytics.counting.funnel import Outcome
+from services.analytics.peers import TenantClock
 from services.analytics.queries.buckets import Granularity, make_buckets
-from services.analytics.queries.reports import MAX_RANGE, TenantClock
+from services.analytics.queries.reports import MAX_RANGE
 from services.shared.validation import Violations
 
 # In the protobuf enum's order; every counting reason has its value (a reason added to

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from services.analytics.peers import CatalogReleases, ClockSource, Metadata
+from services.analytics.peers import CatalogReleases, ClockSource, Metadata, TenantClock
 from services.analytics.queries import funnel_report, insights
 from services.analytics.queries import repository as repo
 from services.analytics.queries.buckets import DAY, day_start, local_date
@@ -30,7 +30,6 @@ from services.analytics.queries.reports import (
     Plan,
     Report,
     SketchRow,
-    TenantClock,
     assemble,
     listeners_estimate,
     methodology,
