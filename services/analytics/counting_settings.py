@@ -10,11 +10,15 @@ import ipaddress
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeAlias
 
-from services.analytics import metrics_repository as repo
-from services.analytics.metrics_repository import StoredCountingSettings
+import asyncpg
+
 from services.shared.db import Database
 from services.shared.validation import Violations, mask_paths
+
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 
 MAX_IP_RANGES = 1000
 MAX_USER_AGENTS = 200
@@ -72,13 +76,65 @@ def normalise_user_agents(values: Sequence[str], v: Violations) -> tuple[str, ..
     return tuple(agents.values())
 
 
+@dataclass(frozen=True)
+class StoredCountingSettings:
+    excluded_ip_ranges: tuple[str, ...]
+    excluded_user_agents: tuple[str, ...]
+    update_time: datetime | None
+
+
+async def get_counting_settings(conn: Conn) -> StoredCountingSettings:
+    """The tenant's settings; the defaults (nothing excluded) when never set."""
+    row = await conn.fetchrow(
+        """
+        SELECT excluded_ip_ranges::text[] AS ranges, excluded_user_agent_patterns AS agents,
+            update_time
+        FROM counting_settings WHERE tenant_id = app_tenant_id()
+        """
+    )
+    if row is None:
+        return StoredCountingSettings((), (), None)
+    return StoredCountingSettings(tuple(row["ranges"]), tuple(row["agents"]), row["update_time"])
+
+
+async def save_counting_settings(
+    conn: Conn,
+    tenant_id: uuid.UUID,
+    ranges: Sequence[str] | None,
+    agents: Sequence[str] | None,
+) -> StoredCountingSettings:
+    """Sets the lists given (None keeps the stored one) in one statement, so two
+    concurrent updates of different lists cannot undo each other."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO counting_settings AS s
+            (tenant_id, excluded_ip_ranges, excluded_user_agent_patterns, update_time)
+        VALUES ($1, coalesce($2::text[], '{}')::cidr[], coalesce($3::text[], '{}'), now())
+        ON CONFLICT (tenant_id) DO UPDATE SET
+            excluded_ip_ranges = CASE WHEN $2::text[] IS NULL THEN s.excluded_ip_ranges
+                ELSE EXCLUDED.excluded_ip_ranges END,
+            excluded_user_agent_patterns = CASE WHEN $3::text[] IS NULL
+                THEN s.excluded_user_agent_patterns
+                ELSE EXCLUDED.excluded_user_agent_patterns END,
+            update_time = now()
+        RETURNING s.excluded_ip_ranges::text[] AS ranges,
+            s.excluded_user_agent_patterns AS agents, s.update_time
+        """,
+        tenant_id,
+        None if ranges is None else list(ranges),
+        None if agents is None else list(agents),
+    )
+    assert row is not None
+    return StoredCountingSettings(tuple(row["ranges"]), tuple(row["agents"]), row["update_time"])
+
+
 class CountingSettingsStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def get(self, tenant_id: uuid.UUID) -> StoredCountingSettings:
         async with self._db.tenant_transaction(tenant_id) as conn:
-            return await repo.get_counting_settings(conn)
+            return await get_counting_settings(conn)
 
     async def update(
         self, tenant_id: uuid.UUID, patch: CountingSettingsPatch, paths: Sequence[str]
@@ -97,4 +153,4 @@ class CountingSettingsStore:
         )
         v.raise_if_any()
         async with self._db.tenant_transaction(tenant_id) as conn:
-            return await repo.save_counting_settings(conn, tenant_id, ranges, agents)
+            return await save_counting_settings(conn, tenant_id, ranges, agents)

@@ -1,6 +1,6 @@
 """What analytics asks other services: the tenant's settings and quotas (tenant
 service) and episodes' release times (catalog). Episodes for ingestion are resolved in
-`ingest_peers`.
+`ingest.episodes`.
 
 Catalog calls forward the caller's own credential, so the catalog applies its own
 permission rules and row-level security to exactly the caller.
@@ -21,10 +21,9 @@ from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
 from services.analytics.counting.windows import CountingWindow
-from services.analytics.reports import TenantClock
 from services.shared.peers import forwarded, peer_error
-from services.shared.timezones import is_time_zone
-from services.tenant.domain import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
+from services.shared.quotas import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
+from services.shared.timezones import UTC_NAMES, is_time_zone
 
 log = logging.getLogger("podmesh.analytics.peers")
 
@@ -35,6 +34,36 @@ PEER_TIMEOUT_S = 5.0
 # The catalog's page size limit; the podcast median reads at most this many pages.
 _EPISODE_PAGE = 200
 _MAX_EPISODE_PAGES = 5
+
+
+@dataclass(frozen=True)
+class TenantClock:
+    """The tenant settings that bucket and window arithmetic depend on."""
+
+    time_zone: str
+    counting_window: CountingWindow
+
+    @property
+    def counting_time_zone(self) -> str:
+        """The zone of the counting window's calendar days; '' for the rolling window."""
+        if self.counting_window is CountingWindow.TENANT_DAY:
+            return self.time_zone
+        if self.counting_window is CountingWindow.ROLLING_24H:
+            return ""
+        return "UTC"
+
+    @property
+    def day_zone(self) -> str:
+        """The zone whose calendar day 'today' means for live counters and windows."""
+        return self.counting_time_zone or "UTC"
+
+    def cube_zone(self, zone_name: str) -> str | None:
+        """Which daily cube ('UTC' or 'local') has days of `zone_name`, if any."""
+        if zone_name in UTC_NAMES:
+            return "UTC"
+        if zone_name == self.time_zone:
+            return "UTC" if self.time_zone in UTC_NAMES else "local"
+        return None
 
 
 class ClockSource(Protocol):

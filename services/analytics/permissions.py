@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.analytics.ingest import MAX_BATCH_BYTES
+from services.analytics.ingest.ingestor import MAX_BATCH_BYTES
 from services.shared.auth import MethodRule, Permission
 from services.shared.config import Settings
 from services.shared.inputs import KIB, MIB, InputRule, InputRules
@@ -32,7 +32,7 @@ RULES = {f"/{SERVICE}/{method}": rule for method, rule in _BY_METHOD.items()}
 
 # Ingestion refuses batches over 4 MiB itself (BATCH_TOO_LARGE, after the batches of a
 # stream before it); the margin keeps that answer for batches just over. Records are
-# checked one by one (services.analytics.ingest_records): a record with a NUL is
+# checked one by one (services.analytics.ingest.records): a record with a NUL is
 # rejected alone, so the shared walk leaves them out.
 _BATCH = InputRule(max_bytes=MAX_BATCH_BYTES + MIB, unchecked_fields=frozenset({"requests"}))
 # 500 episode ids and up to 300 filter values of 100 characters.

@@ -10,14 +10,14 @@ from pydantic import Field
 
 from services.analytics.counting import default_classifier
 from services.analytics.counting_settings import CountingSettingsStore
-from services.analytics.impressions import AdDeliveryCounter
-from services.analytics.ingest import IngestSettings, build_ingestion
-from services.analytics.metrics import MetricsReader
+from services.analytics.ingest.ingestor import IngestSettings, build_ingestion
+from services.analytics.live.watch import LiveWatcher
 from services.analytics.peers import CatalogReleases, TenantProfiles
 from services.analytics.permissions import RULES, SERVICE, inputs
-from services.analytics.report_cache import ReportCache
+from services.analytics.queries.ad_deliveries import AdDeliveryCounter
+from services.analytics.queries.metrics import MetricsReader
+from services.analytics.queries.report_cache import ReportCache
 from services.analytics.servicer import AnalyticsServicer
-from services.analytics.watch import LiveWatcher
 from services.shared.server import Resources, ServiceDefinition
 
 
@@ -25,7 +25,7 @@ class AnalyticsSettings(IngestSettings):
     # Disclosed with every report (Methodology.methodology_url).
     methodology_url: str = "https://podmesh.dev/docs/methodology"
     # QueryMetrics answers kept for reuse while the tenant's counts are unchanged
-    # (services.analytics.report_cache); 0 turns the cache off.
+    # (services.analytics.queries.report_cache); 0 turns the cache off.
     query_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     # At most this old, since a report says until when its numbers are complete.
     query_cache_ttl_s: float = Field(default=60.0, gt=0)

@@ -17,18 +17,21 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 
-from services.analytics import impressions
-from services.analytics.counting_settings import CountingSettingsPatch, CountingSettingsStore
-from services.analytics.funnel_report import funnel_to_pb
-from services.analytics.ingest import Ingestor
-from services.analytics.insights import AnomalyDirection
-from services.analytics.metrics import MetricsReader
-from services.analytics.metrics_repository import StoredCountingSettings
+from services.analytics.counting_settings import (
+    CountingSettingsPatch,
+    CountingSettingsStore,
+    StoredCountingSettings,
+)
+from services.analytics.ingest.ingestor import Ingestor
+from services.analytics.ingest.rebuild import CountRebuilder
+from services.analytics.live.watch import LiveCounters, LiveWatcher
 from services.analytics.peers import CREDENTIAL_HEADERS, Metadata
-from services.analytics.rebuild import CountRebuilder
-from services.analytics.report_cache import ReportCache
-from services.analytics.reports import Methodology, MetricPoint, MetricsQuery, Report
-from services.analytics.watch import LiveCounters, LiveWatcher
+from services.analytics.queries.ad_deliveries import AdDeliveryCounter, SlotRange
+from services.analytics.queries.funnel_report import funnel_to_pb
+from services.analytics.queries.insights import AnomalyDirection
+from services.analytics.queries.metrics import MetricsReader
+from services.analytics.queries.report_cache import ReportCache
+from services.analytics.queries.reports import Methodology, MetricPoint, MetricsQuery, Report
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
 from services.shared.validation import parse_uuid
@@ -162,7 +165,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         ingestor: Ingestor,
         rebuilds: CountRebuilder,
         reports: ReportCache[pb.QueryMetricsResponse],
-        ad_deliveries: impressions.AdDeliveryCounter,
+        ad_deliveries: AdDeliveryCounter,
     ) -> None:
         self._ad_deliveries = ad_deliveries
         self._metrics = metrics
@@ -411,7 +414,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             if start is None or end is None:
                 raise InvalidArgument.field(field, "start_time and end_time are required")
             ranges.append(
-                impressions.SlotRange(
+                SlotRange(
                     ad_slot_id=parse_uuid(r.ad_slot_id, f"{field}.ad_slot_id"),
                     episode_id=parse_uuid(r.episode_id, f"{field}.episode_id"),
                     start=start,

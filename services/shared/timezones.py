@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 # Files in the zone database that are not zones: the host's own zone (which differs
 # between machines), zic's default rules, and the "zone unknown" placeholder.
 _NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+# Names whose days are UTC days.
+UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu"})
 
 
 @functools.cache

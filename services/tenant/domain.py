@@ -18,6 +18,7 @@ from services.shared.auth import (
     Scope,
 )
 from services.shared.errors import FailedPrecondition, NotFound, PermissionDenied
+from services.shared.quotas import DEFAULT_MAX_API_KEYS, DEFAULT_MAX_USERS
 from services.shared.timezones import is_time_zone
 from services.shared.validation import Violations, is_email
 
@@ -27,12 +28,6 @@ MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 MAX_EMAIL_LENGTH = 320
 MAX_NAME_LENGTH = 200
-
-# What a quota of 0 stands for.
-DEFAULT_MAX_USERS = 100
-DEFAULT_MAX_API_KEYS = 50
-DEFAULT_MONTHLY_EVENTS = 100_000_000
-DEFAULT_API_KEY_RPS = 200
 
 
 class TenantState(enum.IntEnum):

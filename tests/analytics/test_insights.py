@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.analytics.insights import (
+from services.analytics.queries.insights import (
     AnomalyDirection,
     InsufficientHistoryError,
     detect_anomalies,

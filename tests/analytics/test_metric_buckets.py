@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.analytics.buckets import Granularity, day_start, make_buckets
+from services.analytics.queries.buckets import Granularity, day_start, make_buckets
 from services.shared.timezones import time_zone
 
 

@@ -10,11 +10,12 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from datasketches import hll_sketch
 
-from services.analytics import live
-from services.analytics.buckets import Granularity
 from services.analytics.counting.windows import CountingWindow
-from services.analytics.metrics import release_span
-from services.analytics.reports import (
+from services.analytics.live import counters
+from services.analytics.peers import TenantClock
+from services.analytics.queries.buckets import Granularity
+from services.analytics.queries.metrics import release_span
+from services.analytics.queries.reports import (
     EXPORT_LIMITS,
     QUERY_LIMITS,
     CountRow,
@@ -24,7 +25,6 @@ from services.analytics.reports import (
     MetricsQuery,
     SketchRow,
     Source,
-    TenantClock,
     assemble,
     listeners_estimate,
     methodology,
@@ -308,17 +308,19 @@ def test_release_spans_split_into_hours_and_whole_days() -> None:
 
 def test_live_scopes_days_and_notifications() -> None:
     podcast, episode = uuid.uuid4(), uuid.uuid4()
-    assert live.scope_token() == "t"
-    assert live.scope_token(podcast) == f"p:{podcast}"
-    assert live.scope_token(podcast, episode) == f"e:{episode}"
+    assert counters.scope_token() == "t"
+    assert counters.scope_token(podcast) == f"p:{podcast}"
+    assert counters.scope_token(podcast, episode) == f"e:{episode}"
     late = datetime(2024, 6, 1, 23, 30, tzinfo=UTC)
-    assert live.counting_day(late, CountingWindow.UTC_DAY, "Europe/Berlin") == date(2024, 6, 1)
-    assert live.counting_day(late, CountingWindow.TENANT_DAY, "Europe/Berlin") == date(2024, 6, 2)
+    assert counters.counting_day(late, CountingWindow.UTC_DAY, "Europe/Berlin") == date(2024, 6, 1)
+    assert counters.counting_day(late, CountingWindow.TENANT_DAY, "Europe/Berlin") == date(
+        2024, 6, 2
+    )
     tenant = uuid.uuid4()
-    assert live.counters_key(tenant, date(2024, 6, 2)).startswith(f"{{t:{tenant}}}:")
-    assert live.notified_scopes({"type": "message", "data": b'{"scopes": ["t", "p:x"]}'}) == {
+    assert counters.counters_key(tenant, date(2024, 6, 2)).startswith(f"{{t:{tenant}}}:")
+    assert counters.notified_scopes({"type": "message", "data": b'{"scopes": ["t", "p:x"]}'}) == {
         "t",
         "p:x",
     }
-    assert live.notified_scopes({"type": "message", "data": b"not json"}) == frozenset()
-    assert live.notified_scopes(None) == frozenset()
+    assert counters.notified_scopes({"type": "message", "data": b"not json"}) == frozenset()
+    assert counters.notified_scopes(None) == frozenset()

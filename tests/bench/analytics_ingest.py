@@ -36,7 +36,7 @@ from podmesh.catalog.v1 import catalog_pb2_grpc  # noqa: E402
 from podmesh.tenant.v1 import tenant_pb2_grpc  # noqa: E402
 
 from services.analytics.counting import DAY_US, IpExclusions, IpHasher  # noqa: E402
-from services.analytics.ingest_records import RAW_COLUMNS, Episode, check_batch  # noqa: E402
+from services.analytics.ingest.records import RAW_COLUMNS, Episode, check_batch  # noqa: E402
 from tests.analytics_ingest_support import (  # noqa: E402
     EpisodeSpec,
     api_key,

@@ -22,7 +22,7 @@ from services.analytics.counting import (
     compile_rules,
 )
 from services.analytics.counting.funnel import arrivals, funnel_changes
-from services.analytics.funnel_rollup import FunnelRollup, FunnelScope
+from services.analytics.ingest.funnel_rollup import FunnelRollup, FunnelScope
 from tests.bench.counting import BATCH, Row, build, synthetic_rows
 
 PASSES = 3

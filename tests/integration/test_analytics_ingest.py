@@ -22,7 +22,7 @@ from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
 from devstack.stack import Stack
 from services.analytics.counting import CountingSettings, CountingWindow
-from services.analytics.ingest_records import RAW_COLUMNS
+from services.analytics.ingest.records import RAW_COLUMNS
 from tests.analytics_ingest_support import (
     HOUR_US,
     IngestTenant,

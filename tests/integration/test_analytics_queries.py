@@ -30,10 +30,10 @@ from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
 from devstack.stack import Stack
-from services.analytics import live
 from services.analytics.counting.windows import CountingWindow
-from services.analytics.reports import TenantClock
-from services.analytics.watch import LiveWatcher
+from services.analytics.live import counters as live
+from services.analytics.live.watch import LiveWatcher
+from services.analytics.peers import TenantClock
 from services.shared.db import Database
 from services.shared.server import create_redis
 from tests.support import TenantHandle, bearer, create_tenant, error_info, violated_fields

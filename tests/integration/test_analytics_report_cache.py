@@ -13,7 +13,7 @@ import pytest
 from podmesh.analytics.v1 import analytics_pb2 as pb
 
 from devstack.stack import Stack
-from services.analytics.report_cache import ReportCache
+from services.analytics.queries.report_cache import ReportCache
 from services.shared.db import Database
 
 

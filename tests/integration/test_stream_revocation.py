@@ -15,7 +15,7 @@ from podmesh.analytics.v1 import analytics_pb2_grpc
 from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
 from devstack.stack import Stack
-from services.analytics import live
+from services.analytics.live import counters
 from services.shared.config import Settings
 from tests.analytics_ingest_support import (
     HOUR_US,
@@ -106,7 +106,7 @@ async def test_revoking_a_key_ends_its_metrics_watch(
     )
     podcast, episode = uuid.uuid4(), uuid.uuid4()
     redis = aioredis.from_url(stack.redis_url)
-    recorder = live.LiveRecorder(redis)
+    recorder = counters.LiveRecorder(redis)
     async with grpc.aio.insecure_channel(stack.service_addr("analytics")) as channel:
         analytics = analytics_pb2_grpc.AnalyticsServiceStub(channel)
         call = analytics.WatchMetrics(
@@ -124,7 +124,7 @@ async def test_revoking_a_key_ends_its_metrics_watch(
                 # Something to report, so the stream has a reason to speak.
                 await recorder.record_batch(
                     uuid.UUID(tenant.id),
-                    requests=[live.EpisodeRequests(episode, podcast, 1)],
+                    requests=[counters.EpisodeRequests(episode, podcast, 1)],
                 )
                 try:
                     update = await asyncio.wait_for(call.read(), BOUND_S)

@@ -21,14 +21,14 @@ from services.analytics.counting import (
     ListenerRequest,
     compile_rules,
 )
-from services.analytics.ingest_records import (
+from services.analytics.ingest.records import (
     CheckedBatch,
     Episode,
     check_batch,
     episode_references,
     is_byte_range,
 )
-from services.analytics.ingest_state import decode, encode
+from services.analytics.ingest.state import decode, encode
 
 TENANT = uuid.UUID("4b0c6a5e-3f4e-4a61-9c0e-1f0d2a3b4c5d")
 HASHER = IpHasher(b"test-platform-secret-0123456789", TENANT)

@@ -18,7 +18,7 @@ from podmesh.analytics.v1 import analytics_pb2
 from podmesh.tenant.v1 import tenant_pb2
 
 from services.analytics.counting import IpExclusions, IpHasher
-from services.analytics.ingest_records import (
+from services.analytics.ingest.records import (
     TEXT_FIELDS,
     CheckedBatch,
     Episode,

@@ -19,8 +19,8 @@ from typing import TypeAlias
 
 import asyncpg
 
-from services.analytics.buckets import day_start, local_date
 from services.analytics.peers import ClockSource
+from services.analytics.queries.buckets import day_start, local_date
 from services.shared.db import Database
 from services.shared.errors import InvalidArgument
 from services.shared.timezones import time_zone

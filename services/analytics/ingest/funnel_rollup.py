@@ -1,5 +1,6 @@
 """The counting funnel's rollup (counting_funnel, migration 0040): written by ingestion
-and RebuildCounts in their counting transactions, read by GetCountingFunnel.
+and RebuildCounts in their counting transactions, read by GetCountingFunnel
+(services.analytics.queries.funnel_report).
 
 Rows are requests per (zone, day, episode, outcome, filter reason, counting day): the
 funnel of services.analytics.counting.funnel summed by the day of each request's time,
@@ -20,11 +21,11 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from services.analytics.counting import DAY_US, CalendarDays, CountingWindow, FilterReason, from_us
-from services.analytics.counting.funnel import FunnelKey, Outcome
+from services.analytics.counting import DAY_US, CalendarDays, CountingWindow, from_us
+from services.analytics.counting.funnel import FunnelKey
+from services.shared.timezones import UTC_NAMES
 
 _EPOCH_DATE = dt.date(1970, 1, 1)
-_UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu"})
 
 # (zone, day, episode, outcome, reason, counting day)
 RowKey = tuple[str, dt.date, str, str, str, dt.date]
@@ -49,7 +50,7 @@ class _Days:
     """Local dates of instants in one zone, cached per day start."""
 
     def __init__(self, time_zone: str) -> None:
-        self._utc = time_zone in _UTC_NAMES
+        self._utc = time_zone in UTC_NAMES
         self._calendar = _calendar(time_zone)
         self._zone = ZoneInfo(time_zone)
         self._dates: dict[int, dt.date] = {}
@@ -82,7 +83,7 @@ class FunnelRollup:
     def __init__(self, scope: FunnelScope) -> None:
         self._counting = _Days(counting_zone(scope.window, scope.time_zone))
         self._zones: tuple[tuple[str, _Days], ...] = (("UTC", _Days("UTC")),) + (
-            (("local", _Days(scope.time_zone)),) if scope.time_zone not in _UTC_NAMES else ()
+            (("local", _Days(scope.time_zone)),) if scope.time_zone not in UTC_NAMES else ()
         )
         self.rows: dict[RowKey, int] = defaultdict(int)
         self._buckets: dict[int, Bucket] = {}
@@ -170,49 +171,3 @@ async def forget_counting_day(
         list(episodes),
         counting_day,
     )
-
-
-@dataclass(frozen=True)
-class FunnelTotals:
-    """A period's funnel: requests per outcome, and filtered ones per reason."""
-
-    outcomes: Mapping[Outcome, int]
-    filtered: Mapping[FilterReason, int]
-
-    def __getitem__(self, outcome: Outcome) -> int:
-        return self.outcomes.get(outcome, 0)
-
-
-async def read_funnel(
-    conn: asyncpg.Connection,
-    tenant_id: uuid.UUID,
-    zone: str,
-    first_day: dt.date,
-    end_day: dt.date,
-    podcast_id: uuid.UUID | None,
-    episode_id: uuid.UUID | None,
-) -> FunnelTotals:
-    """The funnel of the days [first_day, end_day) of a zone's rows."""
-    rows = await conn.fetch(
-        """
-        SELECT outcome, reason, sum(requests)::int8 AS requests FROM counting_funnel
-        WHERE tenant_id = $1 AND zone = $2 AND day >= $3 AND day < $4
-            AND ($5::uuid IS NULL OR podcast_id = $5)
-            AND ($6::uuid IS NULL OR episode_id = $6)
-        GROUP BY outcome, reason
-        """,
-        tenant_id,
-        zone,
-        first_day,
-        end_day,
-        podcast_id,
-        episode_id,
-    )
-    outcomes: dict[Outcome, int] = defaultdict(int)
-    filtered: dict[FilterReason, int] = {}
-    for row in rows:
-        outcome = Outcome(row["outcome"])
-        outcomes[outcome] += row["requests"]
-        if outcome is Outcome.FILTERED:
-            filtered[FilterReason(row["reason"])] = row["requests"]
-    return FunnelTotals(dict(outcomes), filtered)

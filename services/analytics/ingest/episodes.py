@@ -14,7 +14,7 @@ from grpc import aio
 from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 
 from services.analytics.counting import AdInsertion, AdSlot, EpisodeMedia
-from services.analytics.ingest_records import Episode
+from services.analytics.ingest.records import Episode
 from services.analytics.peers import PEER_TIMEOUT_S, Metadata
 from services.shared.peers import forwarded, peer_error
 

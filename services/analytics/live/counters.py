@@ -39,8 +39,8 @@ from datetime import UTC, date, datetime, timedelta
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services.analytics.buckets import local_date
 from services.analytics.counting.windows import CountingWindow
+from services.analytics.queries.buckets import local_date
 from services.shared.timezones import time_zone
 
 log = logging.getLogger("podmesh.analytics.live")

@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from services.analytics import funnel_report, funnel_rollup, insights
-from services.analytics import metrics_repository as repo
-from services.analytics.buckets import DAY, day_start, local_date
-from services.analytics.metrics_repository import ReleaseSpan
-from services.analytics.peers import CatalogReleases, ClockSource, Metadata
-from services.analytics.reports import (
+from services.analytics.peers import CatalogReleases, ClockSource, Metadata, TenantClock
+from services.analytics.queries import funnel_report, insights
+from services.analytics.queries import repository as repo
+from services.analytics.queries.buckets import DAY, day_start, local_date
+from services.analytics.queries.reports import (
     EXPORT_LIMITS,
     MAX_RANGE,
     QUERY_LIMITS,
@@ -31,13 +30,13 @@ from services.analytics.reports import (
     Plan,
     Report,
     SketchRow,
-    TenantClock,
     assemble,
     listeners_estimate,
     methodology,
     plan_query,
     render_csv,
 )
+from services.analytics.queries.repository import ReleaseSpan
 from services.shared.db import Database
 from services.shared.errors import FailedPrecondition
 from services.shared.pagination import PageTokens
@@ -159,12 +158,12 @@ class MetricsReader:
         start: datetime | None,
         end: datetime | None,
         zone_name: str,
-    ) -> tuple[funnel_report.FunnelPeriod, funnel_rollup.FunnelTotals, Methodology]:
+    ) -> tuple[funnel_report.FunnelPeriod, funnel_report.FunnelTotals, Methodology]:
         """Where the requests of the days covering [start, end) ended up."""
         clock = await self._clocks.clock(tenant_id)
         period = funnel_report.funnel_period(clock, start, end, zone_name, scope)
         async with self._db.tenant_transaction(tenant_id) as conn:
-            totals = await funnel_rollup.read_funnel(
+            totals = await funnel_report.read_funnel(
                 conn, tenant_id, period.cube_zone, period.first_day, period.end_day, *scope
             )
         return period, totals, self._methodology(clock, period.zone_name)

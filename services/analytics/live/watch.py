@@ -1,6 +1,6 @@
 """WatchMetrics: today's live counters of a tenant, podcast or episode as a stream.
 
-Values come from the Redis counters ingestion keeps (see live.py), re-read when the
+Values come from the Redis counters ingestion keeps (see counters.py), re-read when the
 tenant's channel says the watched scope changed, at most once per `min_interval_s`.
 While Redis cannot be reached the stream goes on from PostgreSQL's rollups every
 `poll_s` seconds, flagged degraded, and returns to Redis as soon as it answers.
@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from services.analytics import live
-from services.analytics import metrics_repository as repo
-from services.analytics.buckets import day_start
-from services.analytics.peers import ClockSource
-from services.analytics.reports import TenantClock, listeners_estimate
+from services.analytics.live import counters as live
+from services.analytics.peers import ClockSource, TenantClock
+from services.analytics.queries import repository as repo
+from services.analytics.queries.buckets import day_start
+from services.analytics.queries.reports import listeners_estimate
 from services.shared.db import Database
 from services.shared.errors import InvalidArgument
 from services.shared.timezones import time_zone

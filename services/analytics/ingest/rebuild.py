@@ -39,7 +39,6 @@ from datasketches import hll_sketch
 from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
 
-from services.analytics import live
 from services.analytics.counting import (
     DAY_US,
     UNKNOWN_COUNTRY,
@@ -58,10 +57,10 @@ from services.analytics.counting import (
 )
 from services.analytics.counting.funnel import funnel_of_day
 from services.analytics.counting_settings import CountingSettingsStore
-from services.analytics.funnel_rollup import FunnelRollup, FunnelScope, forget_counting_day
-from services.analytics.ingest_peers import EpisodeResolver
-from services.analytics.ingest_state import encode
-from services.analytics.ingest_store import (
+from services.analytics.ingest.episodes import EpisodeResolver
+from services.analytics.ingest.funnel_rollup import FunnelRollup, FunnelScope, forget_counting_day
+from services.analytics.ingest.state import encode
+from services.analytics.ingest.store import (
     SKETCH_LG_K,
     UTC_ZONE_NAMES,
     begin_counting,
@@ -69,7 +68,8 @@ from services.analytics.ingest_store import (
     insert_downloads,
     sketch_member,
 )
-from services.analytics.live import LiveRecorder
+from services.analytics.live import counters
+from services.analytics.live.counters import LiveRecorder
 from services.analytics.peers import Metadata, TenantProfiles
 from services.shared.context import current_tenant_id
 from services.shared.db import Database
@@ -259,10 +259,10 @@ class CountRebuilder:
         }
         podcasts = {episode: resolved[episode].episode.podcast_id for episode in media}
         rules = compile_rules(plan.rules_settings)
-        scopes = {live.TENANT_SCOPE}
+        scopes = {counters.TENANT_SCOPE}
         for episode, podcast in podcasts.items():
-            scopes.add(live.scope_token(None, uuid.UUID(episode)))
-            scopes.add(live.scope_token(uuid.UUID(podcast)))
+            scopes.add(counters.scope_token(None, uuid.UUID(episode)))
+            scopes.add(counters.scope_token(uuid.UUID(podcast)))
         # Rolling windows: (episode, listener) -> start of its latest rebuilt window.
         seeds: dict[tuple[str, bytes], int] | None = None
         for done, (day_start, day_end) in enumerate(plan.days, start=1):
@@ -294,7 +294,9 @@ class CountRebuilder:
                 )
             await self._live.forget_day(
                 tenant_id,
-                live.counting_day(from_us(day_start), plan.rules_settings.window, plan.time_zone),
+                counters.counting_day(
+                    from_us(day_start), plan.rules_settings.window, plan.time_zone
+                ),
                 scopes,
             )
 

@@ -1,22 +1,24 @@
 """GetCountingFunnel's arithmetic and messages: which days a period covers, the funnel
-read from its rollup (services.analytics.funnel_rollup), and the protobuf forms shared
-with the ingestion acknowledgements."""
+read from its rollup (counting_funnel, written by services.analytics.ingest.funnel_rollup),
+and the protobuf forms shared with the ingestion acknowledgements."""
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
+import asyncpg
 from podmesh.analytics.v1 import analytics_pb2 as pb
 
-from services.analytics.buckets import Granularity, make_buckets
 from services.analytics.counting import FilterReason
 from services.analytics.counting.funnel import Outcome
-from services.analytics.funnel_rollup import FunnelTotals
-from services.analytics.reports import MAX_RANGE, TenantClock
+from services.analytics.peers import TenantClock
+from services.analytics.queries.buckets import Granularity, make_buckets
+from services.analytics.queries.reports import MAX_RANGE
 from services.shared.validation import Violations
 
 # In the protobuf enum's order; every counting reason has its value (a reason added to
@@ -117,3 +119,49 @@ def funnel_to_pb(period: FunnelPeriod, totals: FunnelTotals) -> pb.CountingFunne
     funnel.start_time.FromDatetime(period.start)
     funnel.end_time.FromDatetime(period.end)
     return funnel
+
+
+@dataclass(frozen=True)
+class FunnelTotals:
+    """A period's funnel: requests per outcome, and filtered ones per reason."""
+
+    outcomes: Mapping[Outcome, int]
+    filtered: Mapping[FilterReason, int]
+
+    def __getitem__(self, outcome: Outcome) -> int:
+        return self.outcomes.get(outcome, 0)
+
+
+async def read_funnel(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    zone: str,
+    first_day: date,
+    end_day: date,
+    podcast_id: uuid.UUID | None,
+    episode_id: uuid.UUID | None,
+) -> FunnelTotals:
+    """The funnel of the days [first_day, end_day) of a zone's rows."""
+    rows = await conn.fetch(
+        """
+        SELECT outcome, reason, sum(requests)::int8 AS requests FROM counting_funnel
+        WHERE tenant_id = $1 AND zone = $2 AND day >= $3 AND day < $4
+            AND ($5::uuid IS NULL OR podcast_id = $5)
+            AND ($6::uuid IS NULL OR episode_id = $6)
+        GROUP BY outcome, reason
+        """,
+        tenant_id,
+        zone,
+        first_day,
+        end_day,
+        podcast_id,
+        episode_id,
+    )
+    outcomes: dict[Outcome, int] = defaultdict(int)
+    filtered: dict[FilterReason, int] = {}
+    for row in rows:
+        outcome = Outcome(row["outcome"])
+        outcomes[outcome] += row["requests"]
+        if outcome is Outcome.FILTERED:
+            filtered[FilterReason(row["reason"])] = row["requests"]
+    return FunnelTotals(dict(outcomes), filtered)

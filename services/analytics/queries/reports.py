@@ -20,16 +20,16 @@ from typing import NamedTuple, TypeVar
 
 from datasketches import hll_sketch, hll_union
 
-from services.analytics.buckets import (
+from services.analytics.counting.windows import CountingWindow
+from services.analytics.peers import TenantClock
+from services.analytics.queries.buckets import (
     DAY,
-    UTC_NAMES,
     Buckets,
     Granularity,
     day_start,
     local_date,
     make_buckets,
 )
-from services.analytics.counting.windows import CountingWindow
 from services.shared.timezones import time_zone
 from services.shared.validation import Violations
 
@@ -86,36 +86,6 @@ _WINDOW_TEXT = {
     CountingWindow.TENANT_DAY: "calendar day in the tenant's time zone",
     CountingWindow.ROLLING_24H: "rolling 24 hours from a listener's first request",
 }
-
-
-@dataclass(frozen=True)
-class TenantClock:
-    """The tenant settings that bucket and window arithmetic depend on."""
-
-    time_zone: str
-    counting_window: CountingWindow
-
-    @property
-    def counting_time_zone(self) -> str:
-        """The zone of the counting window's calendar days; '' for the rolling window."""
-        if self.counting_window is CountingWindow.TENANT_DAY:
-            return self.time_zone
-        if self.counting_window is CountingWindow.ROLLING_24H:
-            return ""
-        return "UTC"
-
-    @property
-    def day_zone(self) -> str:
-        """The zone whose calendar day 'today' means for live counters and windows."""
-        return self.counting_time_zone or "UTC"
-
-    def cube_zone(self, zone_name: str) -> str | None:
-        """Which daily cube ('UTC' or 'local') has days of `zone_name`, if any."""
-        if zone_name in UTC_NAMES:
-            return "UTC"
-        if zone_name == self.time_zone:
-            return "UTC" if self.time_zone in UTC_NAMES else "local"
-        return None
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ A batch goes through three stages:
 
 1. admission, per batch: size limits, the key's rate limit, the tenant's settings;
 2. preparation, concurrently for the batches in flight: episodes resolved through the
-   catalog, records checked and anonymised (services.analytics.ingest_records);
-3. commit (services.analytics.ingest_store), in one tenant-wide order: a stream's
+   catalog, records checked and anonymised (services.analytics.ingest.records);
+3. commit (services.analytics.ingest.store), in one tenant-wide order: a stream's
    batches join it in their order. Batches that wait while a transaction runs go into
    the next one together (group commit): a tenant's counting is serial anyway, and one
    transaction for several batches pays the rollups, sketches and WAL flush once. Two
@@ -40,11 +40,11 @@ from services.analytics.counting import (
     compile_rules,
 )
 from services.analytics.counting_settings import CountingSettingsStore
-from services.analytics.funnel_report import filter_reason_counts
-from services.analytics.ingest_limits import RateLimiter
-from services.analytics.ingest_peers import EpisodeResolver
-from services.analytics.ingest_records import check_batch, episode_references
-from services.analytics.ingest_store import (
+from services.analytics.ingest.episodes import EpisodeResolver
+from services.analytics.ingest.limits import RateLimiter
+from services.analytics.ingest.rebuild import CountRebuilder
+from services.analytics.ingest.records import check_batch, episode_references
+from services.analytics.ingest.store import (
     BatchArrivals,
     GroupResult,
     Handoff,
@@ -52,9 +52,9 @@ from services.analytics.ingest_store import (
     StagedBatch,
     TenantCounting,
 )
-from services.analytics.live import CountedDownloads, EpisodeRequests, LiveRecorder
+from services.analytics.live.counters import CountedDownloads, EpisodeRequests, LiveRecorder
 from services.analytics.peers import Metadata, TenantProfiles
-from services.analytics.rebuild import CountRebuilder
+from services.analytics.queries.funnel_report import filter_reason_counts
 from services.shared.auth import Principal
 from services.shared.config import Settings
 from services.shared.context import current_principal, current_tenant_id
@@ -126,7 +126,7 @@ class _Committer:
     pending: list[_Pending] = field(default_factory=list)
     worker: asyncio.Task[None] | None = None
     in_flight: set[asyncio.Task[None]] = field(default_factory=set)
-    # The handoff of the latest transaction started (see ingest_store.Handoff).
+    # The handoff of the latest transaction started (see store.Handoff).
     last: Handoff | None = None
     live: list[tuple[list[EpisodeRequests], list[CountedDownloads]]] = field(default_factory=list)
     live_writer: asyncio.Task[None] | None = None

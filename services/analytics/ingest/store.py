@@ -56,10 +56,10 @@ from services.analytics.counting.funnel import (
     funnel_changes,
 )
 from services.analytics.counting.user_agents import UNKNOWN
-from services.analytics.funnel_rollup import Bucket, FunnelRollup, FunnelScope
-from services.analytics.ingest_records import RAW_COLUMNS, RawRow
-from services.analytics.ingest_state import decode, encode
-from services.analytics.live import CountedDownloads, EpisodeRequests
+from services.analytics.ingest.funnel_rollup import Bucket, FunnelRollup, FunnelScope
+from services.analytics.ingest.records import RAW_COLUMNS, RawRow
+from services.analytics.ingest.state import decode, encode
+from services.analytics.live.counters import CountedDownloads, EpisodeRequests
 from services.shared.db import Database
 from services.shared.errors import ResourceExhausted, Unavailable
 

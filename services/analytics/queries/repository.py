@@ -1,5 +1,5 @@
-"""SQL of the analytics read side (rollups, listener sketches) and of the tenant's
-counting settings. Every function runs inside a tenant transaction the caller opened.
+"""SQL of the analytics read side (rollups, listener sketches). Every function runs
+inside a tenant transaction the caller opened.
 
 Statements are built from a small fixed set of shapes (never from request values), so
 asyncpg's per-connection statement cache prepares each shape once. `tenant_id = $1`
@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from services.analytics.reports import CountRow, Dimension, Plan, Source
+from services.analytics.queries.reports import CountRow, Dimension, Plan, Source
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 
@@ -292,58 +292,3 @@ async def release_span_downloads(
         [s.day_end for s in spans],
     )
     return [int(r["downloads"]) for r in rows]
-
-
-# Counting settings
-
-
-@dataclass(frozen=True)
-class StoredCountingSettings:
-    excluded_ip_ranges: tuple[str, ...]
-    excluded_user_agents: tuple[str, ...]
-    update_time: datetime | None
-
-
-async def get_counting_settings(conn: Conn) -> StoredCountingSettings:
-    """The tenant's settings; the defaults (nothing excluded) when never set."""
-    row = await conn.fetchrow(
-        """
-        SELECT excluded_ip_ranges::text[] AS ranges, excluded_user_agent_patterns AS agents,
-            update_time
-        FROM counting_settings WHERE tenant_id = app_tenant_id()
-        """
-    )
-    if row is None:
-        return StoredCountingSettings((), (), None)
-    return StoredCountingSettings(tuple(row["ranges"]), tuple(row["agents"]), row["update_time"])
-
-
-async def save_counting_settings(
-    conn: Conn,
-    tenant_id: uuid.UUID,
-    ranges: Sequence[str] | None,
-    agents: Sequence[str] | None,
-) -> StoredCountingSettings:
-    """Sets the lists given (None keeps the stored one) in one statement, so two
-    concurrent updates of different lists cannot undo each other."""
-    row = await conn.fetchrow(
-        """
-        INSERT INTO counting_settings AS s
-            (tenant_id, excluded_ip_ranges, excluded_user_agent_patterns, update_time)
-        VALUES ($1, coalesce($2::text[], '{}')::cidr[], coalesce($3::text[], '{}'), now())
-        ON CONFLICT (tenant_id) DO UPDATE SET
-            excluded_ip_ranges = CASE WHEN $2::text[] IS NULL THEN s.excluded_ip_ranges
-                ELSE EXCLUDED.excluded_ip_ranges END,
-            excluded_user_agent_patterns = CASE WHEN $3::text[] IS NULL
-                THEN s.excluded_user_agent_patterns
-                ELSE EXCLUDED.excluded_user_agent_patterns END,
-            update_time = now()
-        RETURNING s.excluded_ip_ranges::text[] AS ranges,
-            s.excluded_user_agent_patterns AS agents, s.update_time
-        """,
-        tenant_id,
-        None if ranges is None else list(ranges),
-        None if agents is None else list(agents),
-    )
-    assert row is not None
-    return StoredCountingSettings(tuple(row["ranges"]), tuple(row["agents"]), row["update_time"])
