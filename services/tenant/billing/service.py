@@ -307,7 +307,7 @@ class Billing:
         try:
             event = stripe.Webhook.construct_event(
                 payload, signature, self._webhook_secret, tolerance=self._tolerance_s
-            )
+            ).to_dict()
         except stripe.SignatureVerificationError:
             raise InvalidArgument.field(
                 "Stripe-Signature",
