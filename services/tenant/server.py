@@ -9,6 +9,7 @@ from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from services.shared.auth import CredentialVerifier
 from services.shared.server import Resources, ServiceDefinition
+from services.tenant.billing.reporter import UsageReporter
 from services.tenant.billing.service import Billing
 from services.tenant.billing.settings import TenantServiceSettings
 from services.tenant.billing.stripe_api import StripeBilling
@@ -38,8 +39,11 @@ async def register(server: aio.Server, resources: Resources) -> None:
         settings.stripe_webhook_tolerance_s,
         timedelta(days=settings.billing_grace_days),
     )
+    reporter = UsageReporter(billing, settings.billing_usage_interval_s)
+    if settings.stripe_api_key.get_secret_value():
+        reporter.start()
     tenant_pb2_grpc.add_TenantServiceServicer_to_server(
-        TenantServicer(directory, verifier, billing), server
+        TenantServicer(directory, verifier, billing, background=(reporter,)), server
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from podmesh.tenant.v1 import tenant_pb2 as pb
@@ -167,11 +168,17 @@ def principal_to_pb(principal: Principal) -> pb.Principal:
 
 class TenantServicer(BillingRpcs, tenant_pb2_grpc.TenantServiceServicer):
     def __init__(
-        self, directory: TenantDirectory, verifier: CredentialVerifier, billing: Billing
+        self,
+        directory: TenantDirectory,
+        verifier: CredentialVerifier,
+        billing: Billing,
+        background: Sequence[object] = (),
     ) -> None:
         self._directory = directory
         self._verifier = verifier
         self._billing = billing
+        # The service's background jobs live as long as the servicer the server holds.
+        self._background = tuple(background)
 
     async def CreateTenant(
         self, request: pb.CreateTenantRequest, context: Any

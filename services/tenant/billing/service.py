@@ -408,29 +408,35 @@ class Billing:
 
     async def _report(self, tenant_id: uuid.UUID) -> int:
         _, account = await self._load(tenant_id)
-        if account.stripe_customer_id is None or account.stripe_subscription_id is None:
+        customer, subscription = account.stripe_customer_id, account.stripe_subscription_id
+        if customer is None or subscription is None:
             return 0
-        async with self._db.tenant_transaction(tenant_id) as conn:
-            rows = await repo.unreported_usage(conn)
         done = 0
-        for period, sequence, events, total in rows:
-            key = f"podmesh-usage-{tenant_id}-{period.isoformat()}-{sequence}"
-            # A crash after Stripe took the row but before it was marked leaves the
-            # item in Stripe under this key: find it rather than add it twice.
-            reference = await self._stripe.usage_reported(account.stripe_customer_id, key)
-            if reference is None:
-                amount = _overage_cost(account.plan, total) - _overage_cost(
-                    account.plan, total - events
-                )
-                reference = await self._stripe.report_usage(
-                    account.stripe_customer_id,
-                    account.stripe_subscription_id,
-                    amount,
-                    f"{events:,} events ({total:,} this month; overage per "
-                    f"{OVERAGE_UNIT:,} beyond {account.plan.included_events:,})",
-                    key,
-                )
-            async with self._db.tenant_transaction(tenant_id) as conn:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            # One reporter per tenant at a time, across replicas: the look-up below and
+            # the report after it must not interleave with another's.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('billing-usage:' || $1::text))",
+                str(tenant_id),
+            )
+            for period, sequence, events, total in await repo.unreported_usage(conn):
+                key = f"podmesh-usage-{tenant_id}-{period.isoformat()}-{sequence}"
+                # A crash after Stripe took the row but before it was marked leaves the
+                # item in Stripe under this key: find it rather than add it twice.
+                reference = await self._stripe.usage_reported(customer, key)
+                if reference is None:
+                    amount = _overage_cost(account.plan, total) - _overage_cost(
+                        account.plan, total - events
+                    )
+                    reference = await self._stripe.report_usage(
+                        customer,
+                        subscription,
+                        events,
+                        amount,
+                        f"{events:,} events ({total:,} this month; overage per "
+                        f"{OVERAGE_UNIT:,} beyond {account.plan.included_events:,})",
+                        key,
+                    )
                 await repo.mark_reported(conn, period, sequence, reference, utcnow())
-            done += 1
+                done += 1
         return done

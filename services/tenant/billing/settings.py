@@ -18,3 +18,5 @@ class TenantServiceSettings(Settings):
     stripe_webhook_tolerance_s: int = Field(default=300, gt=0)
     # Days a past-due tenant keeps ingesting before it becomes read-only.
     billing_grace_days: int = Field(default=7, ge=0)
+    # How often each subscribed tenant's usage is recorded and reported to Stripe.
+    billing_usage_interval_s: float = Field(default=3600.0, gt=0)

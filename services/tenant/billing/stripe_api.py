@@ -214,9 +214,15 @@ class StripeBilling:
         return None
 
     async def report_usage(
-        self, customer: str, subscription: str, amount: int, description: str, usage_key: str
+        self,
+        customer: str,
+        subscription: str,
+        events: int,
+        amount: int,
+        description: str,
+        usage_key: str,
     ) -> str:
-        """Adds a period's usage to the customer's next invoice as an invoice item."""
+        """Adds counted events, priced, to the customer's next invoice as an invoice item."""
         item = await self._call(
             self.client.v1.invoice_items.create,
             {
@@ -225,7 +231,7 @@ class StripeBilling:
                 "amount": amount,
                 "currency": CURRENCY.lower(),
                 "description": description,
-                "metadata": {"podmesh_usage_key": usage_key},
+                "metadata": {"podmesh_usage_key": usage_key, "podmesh_events": str(events)},
             },
             {"idempotency_key": usage_key},
         )
