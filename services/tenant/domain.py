@@ -28,7 +28,7 @@ MAX_PASSWORD_LENGTH = 1024
 MAX_EMAIL_LENGTH = 320
 MAX_NAME_LENGTH = 200
 
-# What a quota of 0 stands for.
+# What a quota of 0 stands for on the managed plan (services.tenant.billing.plans).
 DEFAULT_MAX_USERS = 100
 DEFAULT_MAX_API_KEYS = 50
 DEFAULT_MONTHLY_EVENTS = 100_000_000
@@ -69,14 +69,6 @@ class Quota:
     max_api_keys: int = 0
     monthly_events: int = 0
     api_key_requests_per_second: int = 0
-
-    @property
-    def effective_max_users(self) -> int:
-        return self.max_users or DEFAULT_MAX_USERS
-
-    @property
-    def effective_max_api_keys(self) -> int:
-        return self.max_api_keys or DEFAULT_MAX_API_KEYS
 
 
 @dataclass(frozen=True)

@@ -193,3 +193,19 @@ async def test_an_unknown_plan_is_a_field_violation(tenants: Stub, stack: Stack)
             metadata=bearer(tenant.owner_key) + request_id(),
         )
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_tenant_service_holds_users_to_the_plans_quota(
+    tenants: Stub, stack: Stack
+) -> None:
+    tenant = await _owner(tenants, stack)
+    await tenants.StartSubscription(
+        pb.StartSubscriptionRequest(tenant_id=tenant.id, plan="free"),
+        metadata=bearer(tenant.owner_key) + request_id(),
+    )
+    for _ in range(3):
+        await create_user(tenants, tenant.owner_key, pb.ROLE_VIEWER)
+    with pytest.raises(grpc.aio.AioRpcError) as exhausted:
+        await create_user(tenants, tenant.owner_key, pb.ROLE_VIEWER)
+    assert error_info(exhausted.value).reason == "USER_QUOTA_EXCEEDED"
+    assert dict(error_info(exhausted.value).metadata)["limit"] == "3"
