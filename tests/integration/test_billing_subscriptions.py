@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import TypeAlias
 
+import asyncpg
 import grpc
 import pytest
 from podmesh.tenant.v1 import tenant_pb2 as pb
@@ -209,3 +211,35 @@ async def test_the_tenant_service_holds_users_to_the_plans_quota(
         await create_user(tenants, tenant.owner_key, pb.ROLE_VIEWER)
     assert error_info(exhausted.value).reason == "USER_QUOTA_EXCEEDED"
     assert dict(error_info(exhausted.value).metadata)["limit"] == "3"
+
+
+async def test_a_downgrade_takes_effect_when_the_paid_period_ends(
+    tenants: Stub, stack: Stack, localstripe: LocalStripe, owner_conn: asyncpg.Connection
+) -> None:
+    tenant = await _owner(tenants, stack)
+    owner = bearer(tenant.owner_key)
+    await tenants.StartSubscription(
+        pb.StartSubscriptionRequest(tenant_id=tenant.id, plan="network", payment_method=CARD),
+        metadata=owner + request_id(),
+    )
+    await tenants.ChangeSubscriptionPlan(
+        pb.ChangeSubscriptionPlanRequest(tenant_id=tenant.id, plan="growth"),
+        metadata=owner + request_id(),
+    )
+    assert (await _tenant(tenants, tenant)).billing.plan == "network"
+    # The paid period is over (localstripe cannot move its clock; the account can).
+    await owner_conn.execute(
+        "UPDATE billing_accounts SET current_period_end = now() - interval '1 minute'"
+        " WHERE tenant_id = $1",
+        uuid.UUID(tenant.id),
+    )
+    await tenants.ReportUsage(pb.ReportUsageRequest(), metadata=bearer(stack.admin_token))
+
+    billing = (await _tenant(tenants, tenant)).billing
+    assert (billing.plan, billing.pending_plan) == ("growth", "")
+    customers = await stripe_get(localstripe, "customers", limit=100)
+    customer = next(
+        c["id"] for c in customers["data"] if c["metadata"]["podmesh_tenant_id"] == tenant.id
+    )
+    subs = await stripe_get(localstripe, "subscriptions", customer=customer)
+    assert [s["plan"]["id"] for s in subs["data"]] == ["podmesh-growth-monthly-v1"]
