@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from devstack.localstripe import LocalStripe
 from devstack.stack import ROOT, TEST_DIR_PREFIX, PortPlan, Stack, reap_stale_test_runs
 
 RUN_ROOT = ROOT / ".run"
@@ -64,7 +65,14 @@ def session_dir() -> Path:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def stack(session_dir: Path) -> AsyncIterator[Stack]:
+async def localstripe(session_dir: Path) -> AsyncIterator[LocalStripe]:
+    """The Stripe stand-in the tenant service bills against, on a free loopback port."""
+    async with LocalStripe(session_dir / "localstripe.log") as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stack(session_dir: Path, localstripe: LocalStripe) -> AsyncIterator[Stack]:
     """The whole platform on free loopback ports, with a fast (non-durable) PostgreSQL.
 
     DATABASE_URL / REDIS_URL in the environment are used instead of throwaway servers.
@@ -81,6 +89,7 @@ async def stack(session_dir: Path) -> AsyncIterator[Stack]:
         service_env_extra={
             "PODMESH_FEED_ALLOW_PRIVATE_ADDRESSES": "true",
             "PODMESH_FEED_TIMEOUT_S": "2",
+            **localstripe.service_env(),
         },
     ) as running:
         yield running

@@ -21,8 +21,8 @@ from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
 from services.analytics.counting.windows import CountingWindow
+from services.shared.errors import ResourceExhausted
 from services.shared.peers import forwarded, peer_error
-from services.shared.quotas import DEFAULT_API_KEY_RPS, DEFAULT_MONTHLY_EVENTS
 from services.shared.timezones import UTC_NAMES, is_time_zone
 
 log = logging.getLogger("podmesh.analytics.peers")
@@ -78,22 +78,36 @@ class TenantProfile:
     counting_window: CountingWindow
     monthly_events: int
     requests_per_second: int
+    # From the tenant's billing status: why ingestion is stopped, if it is.
+    ingestion_stop_reason: str = ""
+    ingestion_stop_message: str = ""
 
     @property
     def clock(self) -> TenantClock:
         return TenantClock(time_zone=self.time_zone, counting_window=self.counting_window)
 
+    def require_ingestion(self) -> None:
+        """Ingestion stops when the subscription is inactive; reads never do."""
+        if self.ingestion_stop_reason:
+            raise ResourceExhausted(self.ingestion_stop_message, reason=self.ingestion_stop_reason)
+
 
 def _profile(tenant: tenant_pb2.Tenant) -> TenantProfile:
     window = tenant.settings.counting_window
     zone = tenant.settings.time_zone
+    # The tenant service resolves plan and overrides into the quotas in force, and
+    # the plan's state into whether ingestion runs; nothing is recomputed here.
+    billing = tenant.billing
+    stopped = tenant.HasField("billing") and not billing.ingestion_allowed
     return TenantProfile(
         # Names refused since ('localtime', 'Factory') may have been saved before: they
         # read as UTC rather than failing every report of the tenant.
         time_zone=zone if is_time_zone(zone) else "UTC",
         counting_window=CountingWindow(window) if window else CountingWindow.UTC_DAY,
-        monthly_events=tenant.quota.monthly_events or DEFAULT_MONTHLY_EVENTS,
-        requests_per_second=tenant.quota.api_key_requests_per_second or DEFAULT_API_KEY_RPS,
+        monthly_events=tenant.effective_quota.monthly_events,
+        requests_per_second=tenant.effective_quota.api_key_requests_per_second,
+        ingestion_stop_reason=billing.reason if stopped else "",
+        ingestion_stop_message=billing.message if stopped else "",
     )
 
 

@@ -38,6 +38,8 @@ from services.shared.errors import (
 from services.shared.pagination import Keyset, PageTokens, split_page
 from services.shared.validation import Violations, mask_paths
 from services.tenant import repository as repo
+from services.tenant.billing import repository as billing_repo
+from services.tenant.billing.plans import PlanQuota, effective_quota
 from services.tenant.domain import (
     MAX_PASSWORD_LENGTH,
     TENANT_UPDATABLE,
@@ -171,11 +173,12 @@ class TenantDirectory:
         user = User(id=uuid.uuid4(), email=email, display_name=display_name.strip(), role=role)
         async with self._db.tenant_transaction(tenant_id) as conn:
             tenant = await _tenant_or_fail(conn, tenant_id)
-            if await repo.count_users(conn) >= tenant.quota.effective_max_users:
+            limit = (await _quota_in_force(conn, tenant)).max_users
+            if await repo.count_users(conn) >= limit:
                 raise ResourceExhausted(
-                    f"the tenant has reached its quota of {tenant.quota.effective_max_users} users",
+                    f"the tenant has reached its quota of {limit} users",
                     reason="USER_QUOTA_EXCEEDED",
-                    metadata={"limit": str(tenant.quota.effective_max_users)},
+                    metadata={"limit": str(limit)},
                 )
             created = await repo.insert_user(conn, tenant_id, user, password_hash)
             await _audit(
@@ -439,12 +442,13 @@ class TenantDirectory:
         )
         async with self._db.tenant_transaction(tenant_id) as conn:
             tenant = await _tenant_or_fail(conn, tenant_id)
-            if await repo.count_active_api_keys(conn) >= tenant.quota.effective_max_api_keys:
+            limit = (await _quota_in_force(conn, tenant)).max_api_keys
+            if await repo.count_active_api_keys(conn) >= limit:
                 raise ResourceExhausted(
-                    f"the tenant has reached its quota of {tenant.quota.effective_max_api_keys} "
-                    "active API keys; revoke one first",
+                    f"the tenant has reached its quota of {limit} active API keys; "
+                    "revoke one first",
                     reason="API_KEY_QUOTA_EXCEEDED",
-                    metadata={"limit": str(tenant.quota.effective_max_api_keys)},
+                    metadata={"limit": str(limit)},
                 )
             stored = await repo.insert_api_key(
                 conn, tenant_id, key, api_key_hash(secret), _actor(principal)
@@ -577,6 +581,11 @@ async def _tenant_or_fail(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> Ten
     if tenant is None:
         raise NotFound("tenant", str(tenant_id))
     return tenant
+
+
+async def _quota_in_force(conn: asyncpg.Connection, tenant: Tenant) -> PlanQuota:
+    account = await billing_repo.get_account(conn, tenant.id)
+    return effective_quota(account.plan, tenant.quota)
 
 
 async def _audit(

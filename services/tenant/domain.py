@@ -18,7 +18,6 @@ from services.shared.auth import (
     Scope,
 )
 from services.shared.errors import FailedPrecondition, NotFound, PermissionDenied
-from services.shared.quotas import DEFAULT_MAX_API_KEYS, DEFAULT_MAX_USERS
 from services.shared.timezones import is_time_zone
 from services.shared.validation import Violations, is_email
 
@@ -64,14 +63,6 @@ class Quota:
     max_api_keys: int = 0
     monthly_events: int = 0
     api_key_requests_per_second: int = 0
-
-    @property
-    def effective_max_users(self) -> int:
-        return self.max_users or DEFAULT_MAX_USERS
-
-    @property
-    def effective_max_api_keys(self) -> int:
-        return self.max_api_keys or DEFAULT_MAX_API_KEYS
 
 
 @dataclass(frozen=True)

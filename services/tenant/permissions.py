@@ -29,5 +29,15 @@ _BY_METHOD: dict[str, MethodRule] = {
     "ListAuditEvents": Permission.AUDIT_READ,
     # Other services relay the audit records they wrote with their own changes.
     "AppendAuditEvents": Permission.PLATFORM_ADMIN,
+    "ListPlans": Access.AUTHENTICATED,
+    # Billing is the owner's: admins and below are refused.
+    "StartSubscription": Permission.BILLING_MANAGE,
+    "ChangeSubscriptionPlan": Permission.BILLING_MANAGE,
+    "CancelSubscription": Permission.BILLING_MANAGE,
+    "ListInvoices": Permission.BILLING_MANAGE,
+    "GetUsage": Permission.TENANT_READ,
+    "ReportUsage": Permission.PLATFORM_ADMIN,
+    # Stripe signs the body; the signature, not a credential, is checked.
+    "HandleStripeWebhook": Access.PUBLIC,
 }
 RULES = {f"/{SERVICE}/{method}": rule for method, rule in _BY_METHOD.items()}

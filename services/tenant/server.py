@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from grpc import aio
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from services.shared.auth import CredentialVerifier
 from services.shared.server import Resources, ServiceDefinition
+from services.tenant.billing.reporter import UsageReporter
+from services.tenant.billing.service import Billing
+from services.tenant.billing.settings import TenantServiceSettings
+from services.tenant.billing.stripe_api import StripeBilling
 from services.tenant.directory import TenantDirectory
 from services.tenant.login_guard import LoginGuard
 from services.tenant.permissions import RULES, SERVICE
@@ -24,7 +30,21 @@ async def register(server: aio.Server, resources: Resources) -> None:
     verifier = CredentialVerifier(
         resources.settings.admin_token.get_secret_value(), resources.jwt, directory
     )
-    tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(directory, verifier), server)
+    settings = resources.settings
+    assert isinstance(settings, TenantServiceSettings)
+    billing = Billing(
+        resources.db,
+        StripeBilling(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base),
+        settings.stripe_webhook_secret.get_secret_value(),
+        settings.stripe_webhook_tolerance_s,
+        timedelta(days=settings.billing_grace_days),
+    )
+    reporter = UsageReporter(billing, settings.billing_usage_interval_s)
+    if settings.stripe_api_key.get_secret_value():
+        reporter.start()
+    tenant_pb2_grpc.add_TenantServiceServicer_to_server(
+        TenantServicer(directory, verifier, billing, background=(reporter,)), server
+    )
 
 
 DEFINITION = ServiceDefinition(
@@ -33,4 +53,5 @@ DEFINITION = ServiceDefinition(
     rules=RULES,
     register=register,
     api_key_verifier=_directory,
+    settings_type=TenantServiceSettings,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from podmesh.tenant.v1 import tenant_pb2 as pb
@@ -13,6 +14,8 @@ from services.shared.client_address import client_address
 from services.shared.context import current_principal
 from services.shared.protobuf import from_timestamp, timestamp
 from services.shared.validation import Violations, page_size, parse_uuid
+from services.tenant.billing.rpc import BillingRpcs, quota_to_pb, status_to_pb, warn
+from services.tenant.billing.service import Billing
 from services.tenant.directory import TenantDirectory
 from services.tenant.domain import (
     ApiKey,
@@ -163,10 +166,19 @@ def principal_to_pb(principal: Principal) -> pb.Principal:
     )
 
 
-class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
-    def __init__(self, directory: TenantDirectory, verifier: CredentialVerifier) -> None:
+class TenantServicer(BillingRpcs, tenant_pb2_grpc.TenantServiceServicer):
+    def __init__(
+        self,
+        directory: TenantDirectory,
+        verifier: CredentialVerifier,
+        billing: Billing,
+        background: Sequence[object] = (),
+    ) -> None:
         self._directory = directory
         self._verifier = verifier
+        self._billing = billing
+        # The service's background jobs live as long as the servicer the server holds.
+        self._background = tuple(background)
 
     async def CreateTenant(
         self, request: pb.CreateTenantRequest, context: Any
@@ -182,7 +194,12 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         tenant = await self._directory.get_tenant(
             current_principal(), parse_uuid(request.tenant_id, "tenant_id")
         )
-        return pb.GetTenantResponse(tenant=tenant_to_pb(tenant))
+        status = await self._billing.tenant_status(tenant)
+        warn(context, status)
+        message = tenant_to_pb(tenant)
+        message.effective_quota.CopyFrom(quota_to_pb(status.quota))
+        message.billing.CopyFrom(status_to_pb(status))
+        return pb.GetTenantResponse(tenant=message)
 
     async def ListTenants(
         self, request: pb.ListTenantsRequest, context: Any

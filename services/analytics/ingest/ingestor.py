@@ -293,6 +293,7 @@ class Ingestor:
         queued: asyncio.Event | None,
     ) -> BatchOutcome:
         profile = await self._tenants.get(tenant_id)
+        profile.require_ingestion()
         if not await self._limiter.allow(
             f"{principal.type.value}:{principal.subject_id}", profile.requests_per_second
         ):

@@ -1,0 +1,1 @@
+"""Billing: plans, the Stripe customer and subscription, webhooks and metered usage."""
