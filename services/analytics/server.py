@@ -18,6 +18,7 @@ from services.analytics.permissions import RULES, SERVICE, inputs
 from services.analytics.report_cache import ReportCache
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.watch import LiveWatcher
+from services.shared.audit_outbox import Outbox, start_relay
 from services.shared.server import Resources, ServiceDefinition
 
 
@@ -29,6 +30,8 @@ class AnalyticsSettings(IngestSettings):
     query_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     # At most this old, since a report says until when its numbers are complete.
     query_cache_ttl_s: float = Field(default=60.0, gt=0)
+    # How often audit records (services.shared.audit_outbox) go to the tenant's log.
+    audit_relay_interval_s: float = Field(default=1.0, gt=0)
 
 
 async def register(server: aio.Server, resources: Resources) -> None:
@@ -64,6 +67,9 @@ async def register(server: aio.Server, resources: Resources) -> None:
         AdDeliveryCounter(resources.db, tenants),
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
+    # Rebuilds started and counting settings changed: the triggers of migration 0041
+    # write their records.
+    start_relay(resources, Outbox("analytics"), settings.audit_relay_interval_s)
 
 
 DEFINITION = ServiceDefinition(

@@ -61,8 +61,9 @@ from services.campaign.pacing import (
     line_item_pacing,
 )
 from services.campaign.peers import Analytics, Catalog, PodcastSummary, SlotRange
+from services.shared import audit_outbox
 from services.shared.auth import Principal
-from services.shared.context import current_method, current_principal, current_request_id
+from services.shared.context import current_principal
 from services.shared.db import Database
 from services.shared.errors import (
     Aborted,
@@ -133,15 +134,7 @@ class AdOps:
         goes through here, so it is also where this replica's pacing answers of the
         tenant are dropped."""
         self._pacing.forget(tenant_id)
-        await repo.insert_audit(
-            conn,
-            tenant_id,
-            _actor(current_principal()),
-            current_method(),
-            resource,
-            current_request_id(),
-            details,
-        )
+        await audit_outbox.record(conn, repo.AUDIT, tenant_id, resource, details)
 
     # Sponsors
 

@@ -28,8 +28,11 @@ from services.campaign.domain import (
     Sponsor,
     Targeting,
 )
+from services.shared.audit_outbox import Outbox
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+# Where every campaign change's audit record is written (services.shared.audit_outbox).
+AUDIT = Outbox("campaign")
 _RUNNING = [int(PlacementState.BOOKED), int(PlacementState.LIVE), int(PlacementState.COMPLETED)]
 
 
@@ -929,36 +932,6 @@ async def list_deal_events(
     return [_deal_event(r) for r in rows]
 
 
-# Audit
-
-
-async def insert_audit(
-    conn: Conn,
-    tenant_id: uuid.UUID,
-    actor: tuple[str, str],
-    method: str,
-    resource: tuple[str, str],
-    request_id: str,
-    details: dict[str, Any],
-) -> None:
-    await conn.execute(
-        """
-        INSERT INTO campaign_audit_outbox (tenant_id, event_id, actor_type, actor_id, method,
-            resource_type, resource_id, request_id, details)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
-        """,
-        tenant_id,
-        uuid.uuid4(),
-        actor[0],
-        actor[1],
-        method,
-        resource[0],
-        resource[1],
-        request_id,
-        json.dumps(details, default=str),
-    )
-
-
 # Matchmaking
 
 
@@ -996,32 +969,3 @@ async def competitor_in_podcast(
         _RUNNING,
     )
     return found
-
-
-# The audit outbox
-
-
-async def outbox_tenants(conn: Conn) -> list[uuid.UUID]:
-    rows = await conn.fetch("SELECT tenant_id FROM campaign_outbox_tenants()")
-    return [r["tenant_id"] for r in rows]
-
-
-async def claim_outbox(conn: Conn, limit: int) -> list[asyncpg.Record]:
-    """The oldest unrelayed records, locked; another replica skips them."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        """
-        SELECT event_id, occurred_at, actor_type, actor_id, method, resource_type,
-            resource_id, request_id, details
-        FROM campaign_audit_outbox WHERE relayed_at IS NULL
-        ORDER BY occurred_at LIMIT $1 FOR UPDATE SKIP LOCKED
-        """,
-        limit,
-    )
-    return rows
-
-
-async def mark_relayed(conn: Conn, event_ids: Sequence[uuid.UUID]) -> None:
-    await conn.execute(
-        "UPDATE campaign_audit_outbox SET relayed_at = now() WHERE event_id = ANY($1::uuid[])",
-        list(event_ids),
-    )
