@@ -4,6 +4,7 @@ the races: a slot taken, a competitor in the episode)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -207,32 +208,38 @@ class PlacementOps(Operations):
         check_placement_goal(request.impression_goal, "impression_goal")
         if len(request.request_id) > MAX_REQUEST_ID:
             raise InvalidArgument.field("request_id", f"at most {MAX_REQUEST_ID} characters")
-        if request.request_id:
-            async with self._db.tenant_transaction(tenant_id) as conn:
-                earlier = await repo.placement_by_request_id(conn, request.request_id)
+        if request.placement_id is None and request.episode_id is not None:
+            # The episode does not depend on what the campaign database holds: the catalog
+            # is asked while the line item is read, not after.
+            found, fetched = await asyncio.gather(
+                self._booking_lookup(tenant_id, request),
+                self._catalog.episode(request.episode_id, credentials, with_podcast=False),
+                return_exceptions=True,
+            )
+            if isinstance(found, BaseException):
+                raise found
+            earlier, item, proposed = found
             if earlier is not None:
                 return _same_booking(earlier, request)
-        async with self._db.tenant_transaction(tenant_id) as conn:
-            item = await line_item_or_fail(conn, request.line_item_id)
-            proposed = None
-            if request.placement_id is not None:
-                proposed = await _placement_or_fail(conn, request.placement_id)
-                if proposed.line_item_id != item.id:
-                    raise InvalidArgument.field(
-                        "placement_id", "is a placement of another line item"
-                    )
-                if proposed.state is not PlacementState.PROPOSED:
-                    raise FailedPrecondition(
-                        f"the placement is {state_name(proposed.state)}, not proposed",
-                        reason="PLACEMENT_NOT_PROPOSED",
-                        metadata={"current_state": state_name(proposed.state)},
-                    )
-        episode_id = proposed.episode_id if proposed else request.episode_id
-        if episode_id is None:
-            raise InvalidArgument.field("episode_id", "is required unless placement_id is given")
-        episode = await self._catalog.episode(
-            episode_id, credentials, with_podcast=_needs_podcast(item)
-        )
+            assert item is not None
+            if isinstance(fetched, BaseException):
+                raise fetched
+            episode = fetched
+            if _needs_podcast(item):
+                episode = await self._catalog.with_podcast(episode, credentials)
+        else:
+            earlier, item, proposed = await self._booking_lookup(tenant_id, request)
+            if earlier is not None:
+                return _same_booking(earlier, request)
+            assert item is not None
+            episode_id = proposed.episode_id if proposed else request.episode_id
+            if episode_id is None:
+                raise InvalidArgument.field(
+                    "episode_id", "is required unless placement_id is given"
+                )
+            episode = await self._catalog.episode(
+                episode_id, credentials, with_podcast=_needs_podcast(item)
+            )
         slot_id = request.ad_slot_id or (proposed.ad_slot_id if proposed else None)
         position = request.position or (proposed.position if proposed else AdPosition.UNSPECIFIED)
         if slot_id is None and position is AdPosition.UNSPECIFIED:
@@ -243,7 +250,7 @@ class PlacementOps(Operations):
         try:
             async with self._db.tenant_transaction(tenant_id) as conn:
                 booked = await self._book(
-                    conn, tenant_id, request, episode, candidates, goal, proposed
+                    conn, tenant_id, request, item.campaign_id, episode, candidates, goal, proposed
                 )
         except asyncpg.ExclusionViolationError as error:
             raise _exclusion_refusal(error) from None
@@ -256,19 +263,45 @@ class PlacementOps(Operations):
             return _same_booking(earlier, request)
         return booked
 
+    async def _booking_lookup(
+        self, tenant_id: uuid.UUID, request: BookingRequest
+    ) -> tuple[Placement | None, LineItem | None, Placement | None]:
+        """The placement an earlier send of this request booked, or else the line item
+        and the proposal to book: one transaction."""
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            if request.request_id:
+                earlier = await repo.placement_by_request_id(conn, request.request_id)
+                if earlier is not None:
+                    return earlier, None, None
+            item = await line_item_or_fail(conn, request.line_item_id)
+            if request.placement_id is None:
+                return None, item, None
+            proposed = await _placement_or_fail(conn, request.placement_id)
+        if proposed.line_item_id != item.id:
+            raise InvalidArgument.field("placement_id", "is a placement of another line item")
+        if proposed.state is not PlacementState.PROPOSED:
+            raise FailedPrecondition(
+                f"the placement is {state_name(proposed.state)}, not proposed",
+                reason="PLACEMENT_NOT_PROPOSED",
+                metadata={"current_state": state_name(proposed.state)},
+            )
+        return None, item, proposed
+
     async def _book(
         self,
         conn: Any,
         tenant_id: uuid.UUID,
         request: BookingRequest,
+        campaign_id: uuid.UUID,
         episode: EpisodeFacts,
         candidates: Sequence[Slot],
         goal: int,
         proposed: Placement | None,
     ) -> Placement:
-        item = await line_item_or_fail(conn, request.line_item_id)
         # One booking per campaign at a time: the budget check sees every commitment.
-        campaign = await campaign_or_fail(conn, item.campaign_id, for_update=True)
+        # Bookings of different campaigns do not wait for each other; two of one slot
+        # are decided by the exclusion constraint. (A line item never changes campaign.)
+        campaign = await campaign_or_fail(conn, campaign_id, for_update=True)
         item = await line_item_or_fail(conn, request.line_item_id, for_update=True)
         if request.request_id:
             # A concurrent send of this request may have booked while we waited.
@@ -316,9 +349,12 @@ class PlacementOps(Operations):
                 reason="SLOT_UNAVAILABLE",
                 metadata={"ad_slot_id": str(candidates[0].id) if len(candidates) == 1 else ""},
             )
-        rival = await repo.competitor_in_episode(conn, episode.id, sponsor, start, end)
-        if rival is not None:
-            raise _competitive_conflict(sponsor.competitive_category)
+        # A sponsor without a competitive category (blank after trimming spaces, as the
+        # table's competitive_key is) conflicts with no one: no query.
+        if sponsor.competitive_category.strip(" "):
+            rival = await repo.competitor_in_episode(conn, episode.id, sponsor, start, end)
+            if rival is not None:
+                raise _competitive_conflict(sponsor.competitive_category)
         await _check_budget(conn, campaign, item, goal)
         placement = Placement(
             id=proposed.id if proposed else uuid.uuid4(),
