@@ -340,6 +340,7 @@ def pacing_to_pb(p: Pacing, *, with_days: bool = True) -> pb.Pacing:
         shortfall_impressions=p.shortfall,
         makegood_delivered_impressions=p.makegood_delivered,
         spend_note=p.spend_note,
+        delivery_note=p.delivery_note,
     )
 
 
