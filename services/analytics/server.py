@@ -8,6 +8,7 @@ from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 from pydantic import Field
 
+from services.analytics.audit import start_audit_relay
 from services.analytics.counting import default_classifier
 from services.analytics.counting_settings import CountingSettingsStore
 from services.analytics.impressions import AdDeliveryCounter
@@ -18,7 +19,6 @@ from services.analytics.permissions import RULES, SERVICE, inputs
 from services.analytics.report_cache import ReportCache
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.watch import LiveWatcher
-from services.shared.audit_outbox import Outbox, start_relay
 from services.shared.server import Resources, ServiceDefinition
 
 
@@ -67,9 +67,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
         AdDeliveryCounter(resources.db, tenants),
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
-    # Rebuilds started and counting settings changed: the triggers of migration 0041
-    # write their records.
-    start_relay(resources, Outbox("analytics"), settings.audit_relay_interval_s)
+    start_audit_relay(resources, settings.audit_relay_interval_s)
 
 
 DEFINITION = ServiceDefinition(
