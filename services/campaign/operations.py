@@ -100,21 +100,16 @@ async def commitments(
 ) -> tuple[int, int]:
     """What the campaign's bookings commit of its budget, without and with `extra`
     (a line item and the impressions a new booking adds to it)."""
-    goals = await repo.committed_by_line_item(conn, campaign.id)
+    terms = await repo.commitment_terms(conn, campaign.id)
+    goals = {i: t.booked_goal for i, t in terms.items() if t.booked}
     with_extra = dict(goals)
     if extra is not None:
         with_extra[extra[0]] = with_extra.get(extra[0], 0) + extra[1]
-    if not with_extra:
-        return 0, 0
-    items = {i.id: i for i in await repo.line_items_of(conn, campaign.id)}
 
     def cost(by_item: dict[uuid.UUID, int]) -> int:
-        total = 0
-        for line_item_id, goal in by_item.items():
-            item = items[line_item_id]
-            assert item.pricing_model
-            assert item.rate
-            total += committed_cost(item.pricing_model, item.rate.minor_units, goal)
-        return total
+        return sum(
+            committed_cost(terms[i].pricing_model, terms[i].rate_minor, goal)
+            for i, goal in by_item.items()
+        )
 
     return cost(goals), cost(with_extra)

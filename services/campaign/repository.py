@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -638,18 +639,39 @@ async def placements_for_pacing(conn: Conn, line_item_ids: Sequence[uuid.UUID]) 
     return [_placement(r) for r in rows]
 
 
-async def committed_by_line_item(conn: Conn, campaign_id: uuid.UUID) -> dict[uuid.UUID, int]:
-    """Impression goals of the booked placements of each line item of a campaign."""
+@dataclass(frozen=True)
+class CommitmentTerms:
+    """What a line item's bookings commit of the budget depends on."""
+
+    pricing_model: PricingModel
+    rate_minor: int
+    # Impression goals of its booked, live and completed placements, and whether it has any.
+    booked_goal: int
+    booked: bool
+
+
+async def commitment_terms(conn: Conn, campaign_id: uuid.UUID) -> dict[uuid.UUID, CommitmentTerms]:
+    """Every line item of a campaign with its placements' goals: one statement, as the
+    budget check runs under the campaign's lock."""
     rows = await conn.fetch(
         """
-        SELECT line_item_id, sum(impression_goal) AS goal, count(*) AS n FROM placements
-        WHERE campaign_id = $1 AND state = ANY($2::int[])
-        GROUP BY line_item_id
+        SELECT l.line_item_id, l.pricing_model, l.rate_minor,
+            coalesce(sum(p.impression_goal), 0) AS goal, count(p.placement_id) AS n
+        FROM line_items l
+        LEFT JOIN placements p ON p.tenant_id = l.tenant_id
+            AND p.line_item_id = l.line_item_id AND p.state = ANY($2::int[])
+        WHERE l.campaign_id = $1
+        GROUP BY l.line_item_id, l.pricing_model, l.rate_minor
         """,
         campaign_id,
         _RUNNING,
     )
-    return {r["line_item_id"]: int(r["goal"]) for r in rows}
+    return {
+        r["line_item_id"]: CommitmentTerms(
+            PricingModel(r["pricing_model"]), r["rate_minor"], int(r["goal"]), r["n"] > 0
+        )
+        for r in rows
+    }
 
 
 async def slot_holder(
