@@ -1,7 +1,7 @@
 """The tenant's own counting filters: excluded IP ranges and extra bot User-Agents.
 
-Changes are not written to the audit log: that log belongs to the tenant service,
-which has no RPC for other services to append to it yet.
+Each change is audited by a trigger on counting_settings, in its own statement
+(migration 0041_analytics_audit).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 from pydantic import Field
 
+from services.analytics.audit import start_audit_relay
 from services.analytics.counting import default_classifier
 from services.analytics.counting_settings import CountingSettingsStore
 from services.analytics.ingest.ingestor import IngestSettings, build_ingestion
@@ -29,6 +30,8 @@ class AnalyticsSettings(IngestSettings):
     query_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     # At most this old, since a report says until when its numbers are complete.
     query_cache_ttl_s: float = Field(default=60.0, gt=0)
+    # How often audit records (services.shared.audit_outbox) go to the tenant's log.
+    audit_relay_interval_s: float = Field(default=1.0, gt=0)
 
 
 async def register(server: aio.Server, resources: Resources) -> None:
@@ -64,6 +67,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
         AdDeliveryCounter(resources.db, tenants),
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
+    start_audit_relay(resources, settings.audit_relay_interval_s)
 
 
 DEFINITION = ServiceDefinition(

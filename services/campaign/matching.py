@@ -229,7 +229,13 @@ def score(facts: PodcastFacts, ask: Ask, largest_audience: float) -> Match:
         )
     )
     free, episodes = facts.free_slot_count, max(facts.episodes_considered, 1)
-    impressions = round(facts.forecast_downloads * free / episodes)
+    # The ad server inserts a country-targeted ad only for listeners in those countries:
+    # when every line item is so targeted, only their share of the downloads is avails.
+    geo_share = 1.0
+    if ask.items and all(item.targeting.country_codes for item in ask.items):
+        targeted = sum(facts.country_downloads.get(c, 0) for c in countries)
+        geo_share = targeted / all_downloads if all_downloads else 0.0
+    impressions = round(facts.forecast_downloads * free / episodes * geo_share)
     cost = estimated_cost(ask, impressions)
     if cost is None:
         components.append(
@@ -253,7 +259,8 @@ def score(facts: PodcastFacts, ask: Ask, largest_audience: float) -> Match:
             free / facts.slot_count if facts.slot_count else 0.0,
             f"{free} of {facts.slot_count} slots free over the flight in "
             f"{facts.episodes_considered} episodes; "
-            f"{facts.forecast_downloads:.0f} downloads expected by {facts.forecast_basis}",
+            f"{facts.forecast_downloads:.0f} downloads expected by {facts.forecast_basis}"
+            + (f", {geo_share:.0%} of them from the targeted countries" if geo_share < 1 else ""),
         )
     )
     ordered = tuple(sorted(components, key=lambda c: (-c.contribution, int(c.factor))))

@@ -31,6 +31,25 @@ CPA_SPEND_NOTE = (
 )
 
 
+def delivery_note(item: LineItem) -> str:
+    """Why the line item's delivered impressions may exceed what its ad got: Podmesh is
+    not the ad server, and counts ads delivered per slot, not per country or listener."""
+    applied = []
+    if item.targeting.country_codes:
+        applied.append(f"country targeting ({', '.join(item.targeting.country_codes)})")
+    if item.frequency_cap_max:
+        applied.append(
+            f"a frequency cap ({item.frequency_cap_max} per listener every "
+            f"{item.frequency_cap_days} days)"
+        )
+    if not applied:
+        return ""
+    return (
+        f"the ad server applies {' and '.join(applied)} at insertion; delivered impressions "
+        "count every download of the booked slots, so they are at most what the ad got"
+    )
+
+
 class PacingStatus(enum.IntEnum):
     """Values are podmesh.campaign.v1.PacingStatus."""
 
@@ -68,6 +87,7 @@ class Pacing:
     shortfall: int = 0
     makegood_delivered: int = 0
     spend_note: str = ""
+    delivery_note: str = ""
 
 
 def elapsed_fraction(start: datetime, end: datetime, at: datetime) -> float:
@@ -207,6 +227,7 @@ def line_item_pacing(
         shortfall=shortfall,
         makegood_delivered=makegood_delivered,
         spend_note=note,
+        delivery_note=delivery_note(item),
     )
 
 
@@ -278,6 +299,11 @@ def campaign_pacing(
         shortfall=sum(p.shortfall for _, p in items),
         makegood_delivered=sum(p.makegood_delivered for _, p in items),
         spend_note=("spend leaves out the CPA line items: " + CPA_SPEND_NOTE if notes else ""),
+        delivery_note=(
+            "some line items' delivered impressions are at most what their ads got: see theirs"
+            if any(p.delivery_note for _, p in items)
+            else ""
+        ),
     )
 
 

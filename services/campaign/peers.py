@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,24 +70,15 @@ class Catalog:
                     timeout=PEER_TIMEOUT_S,
                 )
             ).episode
-            podcast = catalog_pb2.Podcast()
-            if with_podcast:
-                podcast = (
-                    await self._stub.GetPodcast(
-                        catalog_pb2.GetPodcastRequest(podcast_id=episode.podcast_id),
-                        metadata=forwarded(credentials),
-                        timeout=PEER_TIMEOUT_S,
-                    )
-                ).podcast
         except grpc.aio.AioRpcError as error:
             raise peer_error(error, "catalog", not_found=("episode", str(episode_id))) from None
-        return EpisodeFacts(
+        facts = EpisodeFacts(
             id=uuid.UUID(episode.id),
             podcast_id=uuid.UUID(episode.podcast_id),
             publish_at=_instant(episode.publish_time) if episode.HasField("publish_time") else None,
             explicit=episode.explicit,
-            podcast_explicit=podcast.explicit,
-            podcast_categories=tuple(podcast.categories),
+            podcast_explicit=False,
+            podcast_categories=(),
             slots=tuple(
                 Slot(
                     id=uuid.UUID(s.id),
@@ -97,6 +88,25 @@ class Catalog:
                 )
                 for s in episode.ad_slots
             ),
+        )
+        return await self.with_podcast(facts, credentials) if with_podcast else facts
+
+    async def with_podcast(self, episode: EpisodeFacts, credentials: Metadata) -> EpisodeFacts:
+        """The episode's facts with its podcast's categories and explicit flag."""
+        try:
+            podcast = (
+                await self._stub.GetPodcast(
+                    catalog_pb2.GetPodcastRequest(podcast_id=str(episode.podcast_id)),
+                    metadata=forwarded(credentials),
+                    timeout=PEER_TIMEOUT_S,
+                )
+            ).podcast
+        except grpc.aio.AioRpcError as error:
+            raise peer_error(
+                error, "catalog", not_found=("podcast", str(episode.podcast_id))
+            ) from None
+        return replace(
+            episode, podcast_explicit=podcast.explicit, podcast_categories=tuple(podcast.categories)
         )
 
     async def podcasts(self, credentials: Metadata) -> list[PodcastSummary]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -28,8 +29,11 @@ from services.campaign.domain import (
     Sponsor,
     Targeting,
 )
+from services.shared.audit_outbox import Outbox
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+# Where every campaign change's audit record is written (services.shared.audit_outbox).
+AUDIT = Outbox("campaign")
 _RUNNING = [int(PlacementState.BOOKED), int(PlacementState.LIVE), int(PlacementState.COMPLETED)]
 
 
@@ -635,18 +639,39 @@ async def placements_for_pacing(conn: Conn, line_item_ids: Sequence[uuid.UUID]) 
     return [_placement(r) for r in rows]
 
 
-async def committed_by_line_item(conn: Conn, campaign_id: uuid.UUID) -> dict[uuid.UUID, int]:
-    """Impression goals of the booked placements of each line item of a campaign."""
+@dataclass(frozen=True)
+class CommitmentTerms:
+    """What a line item's bookings commit of the budget depends on."""
+
+    pricing_model: PricingModel
+    rate_minor: int
+    # Impression goals of its booked, live and completed placements, and whether it has any.
+    booked_goal: int
+    booked: bool
+
+
+async def commitment_terms(conn: Conn, campaign_id: uuid.UUID) -> dict[uuid.UUID, CommitmentTerms]:
+    """Every line item of a campaign with its placements' goals: one statement, as the
+    budget check runs under the campaign's lock."""
     rows = await conn.fetch(
         """
-        SELECT line_item_id, sum(impression_goal) AS goal, count(*) AS n FROM placements
-        WHERE campaign_id = $1 AND state = ANY($2::int[])
-        GROUP BY line_item_id
+        SELECT l.line_item_id, l.pricing_model, l.rate_minor,
+            coalesce(sum(p.impression_goal), 0) AS goal, count(p.placement_id) AS n
+        FROM line_items l
+        LEFT JOIN placements p ON p.tenant_id = l.tenant_id
+            AND p.line_item_id = l.line_item_id AND p.state = ANY($2::int[])
+        WHERE l.campaign_id = $1
+        GROUP BY l.line_item_id, l.pricing_model, l.rate_minor
         """,
         campaign_id,
         _RUNNING,
     )
-    return {r["line_item_id"]: int(r["goal"]) for r in rows}
+    return {
+        r["line_item_id"]: CommitmentTerms(
+            PricingModel(r["pricing_model"]), r["rate_minor"], int(r["goal"]), r["n"] > 0
+        )
+        for r in rows
+    }
 
 
 async def slot_holder(
@@ -929,36 +954,6 @@ async def list_deal_events(
     return [_deal_event(r) for r in rows]
 
 
-# Audit
-
-
-async def insert_audit(
-    conn: Conn,
-    tenant_id: uuid.UUID,
-    actor: tuple[str, str],
-    method: str,
-    resource: tuple[str, str],
-    request_id: str,
-    details: dict[str, Any],
-) -> None:
-    await conn.execute(
-        """
-        INSERT INTO campaign_audit_outbox (tenant_id, event_id, actor_type, actor_id, method,
-            resource_type, resource_id, request_id, details)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
-        """,
-        tenant_id,
-        uuid.uuid4(),
-        actor[0],
-        actor[1],
-        method,
-        resource[0],
-        resource[1],
-        request_id,
-        json.dumps(details, default=str),
-    )
-
-
 # Matchmaking
 
 
@@ -996,32 +991,3 @@ async def competitor_in_podcast(
         _RUNNING,
     )
     return found
-
-
-# The audit outbox
-
-
-async def outbox_tenants(conn: Conn) -> list[uuid.UUID]:
-    rows = await conn.fetch("SELECT tenant_id FROM campaign_outbox_tenants()")
-    return [r["tenant_id"] for r in rows]
-
-
-async def claim_outbox(conn: Conn, limit: int) -> list[asyncpg.Record]:
-    """The oldest unrelayed records, locked; another replica skips them."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        """
-        SELECT event_id, occurred_at, actor_type, actor_id, method, resource_type,
-            resource_id, request_id, details
-        FROM campaign_audit_outbox WHERE relayed_at IS NULL
-        ORDER BY occurred_at LIMIT $1 FOR UPDATE SKIP LOCKED
-        """,
-        limit,
-    )
-    return rows
-
-
-async def mark_relayed(conn: Conn, event_ids: Sequence[uuid.UUID]) -> None:
-    await conn.execute(
-        "UPDATE campaign_audit_outbox SET relayed_at = now() WHERE event_id = ANY($1::uuid[])",
-        list(event_ids),
-    )

@@ -8,11 +8,12 @@ from podmesh.campaign.v1 import campaign_pb2_grpc
 from pydantic import Field
 
 from services.campaign.adops import AdOps
-from services.campaign.audit_relay import AuditRelay
 from services.campaign.peers import Analytics, Catalog
 from services.campaign.permissions import RULES, SERVICE
+from services.campaign.repository import AUDIT
 from services.campaign.servicer import CampaignServicer
 from services.campaign.sweep import Sweeper
+from services.shared.audit_outbox import start_relay
 from services.shared.config import Settings
 from services.shared.server import Resources, ServiceDefinition
 
@@ -39,13 +40,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
     )
     sweeper = Sweeper(resources.db, settings.sweep_interval_s)
     sweeper.start()
-    relay = AuditRelay(
-        resources.db,
-        resources.channel("tenant"),
-        settings.admin_token.get_secret_value(),
-        settings.audit_relay_interval_s,
-    )
-    relay.start()
+    relay = start_relay(resources, AUDIT, settings.audit_relay_interval_s)
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(
         CampaignServicer(ops, background=(sweeper, relay)), server
     )

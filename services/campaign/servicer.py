@@ -11,7 +11,7 @@ from podmesh.campaign.v1 import campaign_pb2 as pb
 from podmesh.campaign.v1 import campaign_pb2_grpc
 from podmesh.type.v1 import money_pb2
 
-from services.campaign.adops import AdOps, BookingRequest
+from services.campaign.adops import AdOps
 from services.campaign.domain import (
     AdPosition,
     AdType,
@@ -32,6 +32,7 @@ from services.campaign.domain import (
 from services.campaign.matching import Match
 from services.campaign.pacing import Pacing
 from services.campaign.peers import credentials
+from services.campaign.placements import BookingRequest
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
 from services.shared.protobuf import from_timestamp, timestamp
@@ -339,6 +340,7 @@ def pacing_to_pb(p: Pacing, *, with_days: bool = True) -> pb.Pacing:
         shortfall_impressions=p.shortfall,
         makegood_delivered_impressions=p.makegood_delivered,
         spend_note=p.spend_note,
+        delivery_note=p.delivery_note,
     )
 
 

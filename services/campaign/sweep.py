@@ -15,6 +15,7 @@ import uuid
 from datetime import UTC, datetime
 
 from services.campaign import repository as repo
+from services.shared import audit_outbox
 from services.shared.db import Database
 
 log = logging.getLogger("podmesh.campaign.sweep")
@@ -74,14 +75,14 @@ class Sweeper:
             for kind, ids in changed.items():
                 resource_type, state = _AUDITED[kind]
                 for resource_id in ids:
-                    await repo.insert_audit(
+                    await audit_outbox.record(
                         conn,
+                        repo.AUDIT,
                         tenant_id,
-                        SWEEP_ACTOR,
-                        SWEEP_METHOD,
                         (resource_type, str(resource_id)),
-                        "",
                         {"to_state": state, "as_of": now.isoformat()},
+                        actor=SWEEP_ACTOR,
+                        method=SWEEP_METHOD,
                     )
                 moved += len(ids)
             return moved

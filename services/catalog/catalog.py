@@ -52,6 +52,7 @@ from services.catalog.text import (
     transcript_terms,
 )
 from services.catalog.urls import is_http_url, try_normalize_media_url
+from services.shared import audit_outbox
 from services.shared.db import Database
 from services.shared.errors import (
     DomainError,
@@ -129,6 +130,7 @@ class Catalog:
             await repo.insert_podcast(conn, tenant_id, podcast, terms)
             await repo.apply_term_delta(conn, tenant_id, podcast.id, terms)
             await _refresh_keywords(conn, [podcast.id], podcasts_changed=True)
+            await _audit(conn, tenant_id, ("podcast", podcast.id), {"title": podcast.title})
             return await _podcast_or_fail(conn, podcast.id)
 
     async def get_podcast(self, tenant_id: uuid.UUID, podcast_id: uuid.UUID) -> Podcast:
@@ -167,6 +169,7 @@ class Catalog:
             if delta:
                 await repo.apply_term_delta(conn, tenant_id, patch.id, delta)
                 await _refresh_keywords(conn, [patch.id])
+            await _audit(conn, tenant_id, ("podcast", patch.id), {"update_mask": sorted(requested)})
             return await _podcast_or_fail(conn, patch.id)
 
     async def delete_podcast(
@@ -184,6 +187,7 @@ class Catalog:
                 )
             await repo.delete_podcast(conn, podcast_id)
             await _refresh_keywords(conn, podcasts_changed=True)
+            await _audit(conn, tenant_id, ("podcast", podcast_id), {"episodes_deleted": episodes})
 
     # Episodes
 
@@ -210,6 +214,7 @@ class Catalog:
             await repo.apply_term_delta(conn, tenant_id, podcast_id, words + spoken)
             await repo.refresh_podcast_stats(conn, podcast_id)
             await _refresh_keywords(conn, [podcast_id])
+            await _audit(conn, tenant_id, ("episode", created.id), {"podcast_id": podcast_id})
         return created
 
     async def get_episode(self, tenant_id: uuid.UUID, episode_id: uuid.UUID) -> Episode:
@@ -295,6 +300,7 @@ class Catalog:
             await repo.refresh_podcast_stats(conn, current.podcast_id)
             if any(delta.values()):
                 await _refresh_keywords(conn, [current.podcast_id])
+            await _audit(conn, tenant_id, ("episode", patch.id), {"update_mask": sorted(requested)})
         return saved
 
     async def delete_episode(self, tenant_id: uuid.UUID, episode_id: uuid.UUID) -> None:
@@ -311,6 +317,7 @@ class Catalog:
             )
             await repo.refresh_podcast_stats(conn, found.podcast_id)
             await _refresh_keywords(conn, [found.podcast_id])
+            await _audit(conn, tenant_id, ("episode", episode_id), {"podcast_id": found.podcast_id})
 
     # Resolving listener requests
 
@@ -448,6 +455,17 @@ class Catalog:
                 await attempt.rollback()
                 return replace(result, warnings=cap_warnings(result.warnings))
             await attempt.commit()
+            await _audit(
+                conn,
+                tenant_id,
+                ("podcast", result.podcast.id),
+                {
+                    "feed_url": source.url,
+                    "podcast_created": result.podcast_created,
+                    "episodes_created": result.created,
+                    "episodes_updated": result.updated,
+                },
+            )
         if self._settings.transcript_fetches_per_import > 0:
             stored, warnings = await self._fetch_transcripts(tenant_id, result.podcast.id)
             podcast = result.podcast
@@ -655,6 +673,13 @@ def _check_query(query: str) -> str:
     )
     v.raise_if_any()
     return query
+
+
+async def _audit(
+    conn: repo.Conn, tenant_id: uuid.UUID, resource: tuple[str, uuid.UUID], details: dict[str, Any]
+) -> None:
+    """The change's audit record, in its transaction (services.shared.audit_outbox)."""
+    await audit_outbox.record(conn, repo.AUDIT, tenant_id, (resource[0], str(resource[1])), details)
 
 
 async def _fuzzy_query(conn: repo.Conn, query: str) -> str | None:

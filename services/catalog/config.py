@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from services.catalog.imports import Offload
 from services.shared.config import Settings
 
@@ -32,3 +34,5 @@ class CatalogSettings(Settings):
     # Where feeds are parsed and imports planned, off the event loop: "process"
     # (worker processes) or "thread" (which still holds the GIL from the loop).
     feed_offload: Offload = "process"
+    # How often audit records go to the tenant service's audit log.
+    audit_relay_interval_s: float = Field(default=1.0, gt=0)

@@ -26,9 +26,12 @@ from services.catalog.domain import (
     SearchHit,
     category_keys,
 )
+from services.shared.audit_outbox import Outbox
 from services.shared.errors import AlreadyExists
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+# Where every catalog change's audit record is written (services.shared.audit_outbox).
+AUDIT = Outbox("catalog")
 Terms = Mapping[str, int]
 _INSERT_CHUNK = 500
 

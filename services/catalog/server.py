@@ -1,4 +1,5 @@
-"""Wires the catalog service: its settings, the feed fetcher and the operations."""
+"""Wires the catalog service: its settings, the feed fetcher, the operations and the
+relay of its audit records."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from services.catalog.config import CatalogSettings
 from services.catalog.fetch import Fetcher, any_address, is_public
 from services.catalog.imports import Offloader
 from services.catalog.permissions import RULES, SERVICE, inputs
+from services.catalog.repository import AUDIT
 from services.catalog.servicer import CatalogServicer
+from services.shared.audit_outbox import start_relay
 from services.shared.server import Resources, ServiceDefinition
 
 
@@ -25,6 +28,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
     offloader = Offloader(settings.feed_offload, settings.imports_max_concurrent)
     catalog = Catalog(resources.db, resources.page_tokens, fetcher, settings, offloader)
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server)
+    start_relay(resources, AUDIT, settings.audit_relay_interval_s)
 
 
 DEFINITION = ServiceDefinition(

@@ -35,6 +35,7 @@ SUMMARY = (
     "campaign_refused_pacing_p95_ms",
     "campaign_pacing_uncached_p95_ms",
     "campaign_booking_per_s",
+    "campaign_refused_booking_per_s",
     "analytics_peak_rss_mb",
     "strict_json_on_vs_off_ratio",
     "strict_json_check_cpu_us_per_record",

@@ -5,7 +5,7 @@ Envoy under 16 concurrent clients, against the same call refused before any work
 (no credentials) measured the same way in the same run, with the pacing cache as
 deployed (answers reused for 5 s) and again with the campaign service restarted without
 it; and bookings of distinct slots per second, by 16 concurrent clients, each booking
-for its own campaign.
+for its own campaign, against the same calls refused before any work.
 
 Starts its own platform with durable PostgreSQL (fsync and synchronous commit on).
 BENCH_SCALE=1.0 seeds 20,000,000 requests (25-35 minutes here) and sends 2,000
@@ -222,6 +222,17 @@ async def run(stack: Stack, total: int, requests: int) -> None:
         )
         print(f"campaign_bookings: {len(slots)}")
         print(f"campaign_booking_per_s: {len(slots) / booked[1]:.0f}")
+        # The same calls through Envoy into the campaign service, refused by its
+        # interceptor before any work: the floor bookings are measured against.
+        refused = await measure(
+            len(slots),
+            lambda n: http.post(
+                f"/api/v1/lineItems/{own[n % CLIENTS]}:book", json=booking(slots[n])
+            ),
+            expect=401,
+        )
+        print(f"campaign_refused_booking_per_s: {len(slots) / refused[1]:.0f}")
+        print(f"campaign_booking_vs_refused_ratio: {refused[1] / booked[1]:.2f}")
 
         path = f"/api/v1/campaigns/{paced}/pacing"
         answer = await ok(http.get(path, headers=auth))

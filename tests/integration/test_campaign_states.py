@@ -17,7 +17,7 @@ from podmesh.campaign.v1 import campaign_pb2 as pb
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from devstack.stack import Stack
-from services.campaign.adops import DEAL_EVENTS_STREAM
+from services.campaign.deals import DEAL_EVENTS_STREAM
 from tests.campaign_support import CampaignStub, create_campaign, create_line_item, create_sponsor
 from tests.support import TenantHandle, bearer, create_tenant, error_info, violated_fields
 
