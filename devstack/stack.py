@@ -42,7 +42,7 @@ from devstack.procs import (
     terminate,
 )
 from devstack.redis import ExternalRedis, RedisServer, redis_from_env
-from gateway.envoy_config import parse_cors_origins
+from gateway.envoy_config import PREFIX_LOG_CREDENTIAL_ENV, parse_cors_origins
 
 log = logging.getLogger("devstack")
 
@@ -587,7 +587,9 @@ class Stack:
             argv += ["--upstream", f"{name}={self.service_addr(name)}"]
         for origin in self.cors_allowed_origins:
             argv += ["--cors-origin", origin]
-        await run_command(argv, env=self._tool_env(), cwd=ROOT, within=60)
+        argv += ["--prefix-log-cluster", "analytics"]
+        env = self._tool_env() | {PREFIX_LOG_CREDENTIAL_ENV: self.secrets.admin_token}
+        await run_command(argv, env=env, cwd=ROOT, within=60)
 
     def _envoy_child(self) -> _Child:
         argv = [

@@ -15,6 +15,7 @@ from services.analytics.ingest import IngestSettings, build_ingestion
 from services.analytics.metrics import MetricsReader
 from services.analytics.peers import CatalogReleases, TenantProfiles
 from services.analytics.permissions import RULES, SERVICE, inputs
+from services.analytics.prefix import receiver as prefix_receiver
 from services.analytics.report_cache import ReportCache
 from services.analytics.servicer import AnalyticsServicer
 from services.analytics.watch import LiveWatcher
@@ -64,12 +65,18 @@ async def register(server: aio.Server, resources: Resources) -> None:
         AdDeliveryCounter(resources.db, tenants),
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
+    prefix_receiver.register(
+        server,
+        prefix_receiver.PrefixRecorder(
+            resources.db, tenants, settings.ip_hash_secret.get_secret_value().encode()
+        ),
+    )
 
 
 DEFINITION = ServiceDefinition(
     name="analytics",
     service_names=(SERVICE,),
-    rules=RULES,
+    rules=RULES | prefix_receiver.RULES,
     register=register,
     settings_type=AnalyticsSettings,
     inputs=inputs,
