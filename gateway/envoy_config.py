@@ -155,6 +155,7 @@ def render_envoy_config(
     trusted_proxy_hops: int = 0,
     prefix_log_cluster: str | None = None,
     prefix_log_credential: str | None = None,
+    redirect_floor_path: str | None = None,
 ) -> dict[str, Any]:
     """A complete Envoy v3 bootstrap for the gateway.
 
@@ -167,7 +168,9 @@ def render_envoy_config(
     the gateway, each appending to X-Forwarded-For; none by default, so the client
     address is the connection's peer whatever X-Forwarded-For a client writes.
     `prefix_log_cluster` receives the measurement prefix's access log (see
-    gateway.prefix_redirect), sent with `prefix_log_credential`.
+    gateway.prefix_redirect), sent with `prefix_log_credential`. `redirect_floor_path`
+    adds a route answering a fixed 302 by `direct_response`, the floor the prefix
+    benchmark (tests/bench/prefix.py) measures the prefix route against.
     """
     for origin in cors_allowed_origins:
         parse_cors_origin(origin)
@@ -233,6 +236,7 @@ def render_envoy_config(
                         max_request_body_bytes,
                         max_grpc_unary_request_bytes,
                         rest_filters=strict_json.route_config() if strict_json_bodies else {},
+                        redirect_floor_path=redirect_floor_path,
                     ),
                     "typed_per_filter_config": {
                         "envoy.filters.http.cors": _cors_policy(cors_allowed_origins),
@@ -338,6 +342,7 @@ def _routes(
     max_grpc_unary_request_bytes: int,
     *,
     rest_filters: Mapping[str, Any],
+    redirect_floor_path: str | None = None,
 ) -> list[dict[str, Any]]:
     streaming_route = {"timeout": "0s", "idle_timeout": timeouts.stream_idle}
     retry_policy = {
@@ -355,6 +360,8 @@ def _routes(
         "host_selection_retry_max_attempts": 3,
     }
     routes: list[dict[str, Any]] = [prefix_redirect.route()]
+    if redirect_floor_path is not None:
+        routes.insert(0, prefix_redirect.floor_route(redirect_floor_path))
     for service in services:
         for method in service.methods:
             action: dict[str, Any] = {"cluster": service.backend}
@@ -865,6 +872,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="backend receiving the measurement prefix's gRPC access log (e.g. analytics); "
         f"Envoy authenticates with ${PREFIX_LOG_CREDENTIAL_ENV}",
     )
+    parser.add_argument(
+        "--redirect-floor-path",
+        default=None,
+        metavar="PATH",
+        help="also answer PATH with a fixed 302 by direct_response (for benchmarks)",
+    )
     args = parser.parse_args(argv)
 
     upstreams: dict[str, list[tuple[str, int]]] = {}
@@ -886,6 +899,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trusted_proxy_hops=args.trusted_proxy_hops,
             prefix_log_cluster=args.prefix_log_cluster,
             prefix_log_credential=os.environ.get(PREFIX_LOG_CREDENTIAL_ENV) or None,
+            redirect_floor_path=args.redirect_floor_path,
         )
     except (OSError, ValueError) as error:
         parser.error(str(error))

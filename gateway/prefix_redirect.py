@@ -32,6 +32,7 @@ LOGGED_REQUEST_HEADERS = ("range",)
 FLUSH_INTERVAL = "1s"
 
 _TYPE = "type.googleapis.com/envoy."
+TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
 
 
 def http_filter() -> dict[str, Any]:
@@ -62,6 +63,30 @@ def route() -> dict[str, Any]:
                 },
             }
         },
+    }
+
+
+def floor_route(path: str) -> dict[str, Any]:
+    """A fixed 302 answered by Envoy's own direct_response, nothing logged to analytics:
+    what a redirect costs the gateway at the least."""
+    return {
+        "name": "redirect_floor",
+        "match": {"path": path},
+        "direct_response": {"status": 302},
+        # Else the transcoder, before the router, answers the unmapped path 404.
+        "typed_per_filter_config": {
+            TRANSCODER_FILTER: {"@type": _TYPE + "config.route.v3.FilterConfig", "disabled": True}
+        },
+        "response_headers_to_add": [
+            {
+                "header": {"key": "location", "value": "https://cdn.example.com/floor.mp3"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            },
+            {
+                "header": {"key": "cache-control", "value": "private, no-store"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            },
+        ],
     }
 
 

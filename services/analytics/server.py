@@ -79,5 +79,5 @@ DEFINITION = ServiceDefinition(
     rules=RULES | prefix_receiver.RULES,
     register=register,
     settings_type=AnalyticsSettings,
-    inputs=inputs,
+    inputs=lambda settings: {**inputs(settings), **prefix_receiver.INPUTS},
 )

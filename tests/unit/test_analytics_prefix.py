@@ -160,3 +160,11 @@ def test_a_redirect_is_filtered_as_a_whole_file_200(
 def test_a_window_is_the_utc_day(time_us: int) -> None:
     day = window_day(time_us)
     assert day * 86_400_000_000 <= time_us < (day + 1) * 86_400_000_000
+
+
+def test_text_postgresql_cannot_store_is_dropped_and_unknown_methods_named() -> None:
+    log = entry(f"/e/{PREFIX}/cdn.example.com/a.mp3", method=99)
+    log.request.user_agent = "Player\x00/1.0"
+    hit = prefix_hit(log)
+    assert hit is not None
+    assert (hit.user_agent, hit.method) == ("Player/1.0", "OTHER")

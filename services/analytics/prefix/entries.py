@@ -20,6 +20,7 @@ _PREFIX_PATH = re.compile(
     r"^/e/(?P<prefix>[^/?#]+)/(?:(?P<scheme>https?):/+)?(?P<target>[^/?#]+[^\s\\]*)$",
     re.IGNORECASE,
 )
+_METHODS = {number: name for name, number in base_pb2.RequestMethod.items()}
 _AUTHORITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(?::[0-9]+)?$")
 
 
@@ -59,26 +60,32 @@ def prefix_hit(entry: accesslog_pb2.HTTPAccessLogEntry) -> PrefixHit | None:
     """The listener request an entry reports, or None when it names no tenant (an
     unknown prefix: redirected, never counted) or no media URL."""
     request = entry.request
-    target = media_target(request.path)
+    target = media_target(_text(request.path))
     if target is None:
         return None
     prefix, media_url, media_key = target
     tenant_id = tenant_of_prefix(prefix)
-    if tenant_id is None or not request.request_id:
+    request_id = _text(request.request_id)[:MAX_REQUEST_ID]
+    if tenant_id is None or not request_id:
         return None
     common = entry.common_properties
     started = common.start_time
     return PrefixHit(
         tenant_id=tenant_id,
-        request_id=request.request_id[:MAX_REQUEST_ID],
+        request_id=request_id,
         time_us=started.seconds * 1_000_000 + started.nanos // 1000,
         # The client as Envoy decided it (xff_num_trusted_hops), never a header.
         client_ip=common.downstream_remote_address.socket_address.address,
-        user_agent=request.user_agent,
-        referer=request.referer,
-        method=base_pb2.RequestMethod.Name(request.request_method),
-        range_header=request.request_headers.get("range", ""),
+        user_agent=_text(request.user_agent),
+        referer=_text(request.referer),
+        method=_METHODS.get(request.request_method, "OTHER"),
+        range_header=_text(request.request_headers.get("range", "")),
         status=entry.response.response_code.value,
         media_url=media_url,
         media_key=media_key,
     )
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; a header with one is kept without it.
+    return value.replace("\x00", "")

@@ -29,12 +29,21 @@ from services.analytics.prefix.methodology import prefix_filter_reason, window_d
 from services.shared.auth import MethodRule, Permission
 from services.shared.db import Database
 from services.shared.errors import DomainError, NotFound
+from services.shared.inputs import MIB, InputRule, InputRules
 
 log = logging.getLogger("podmesh.analytics.prefix")
 
 SERVICE = "envoy.service.accesslog.v3.AccessLogService"
 # Only the gateway, with the platform administrator's token, may report requests.
 RULES: dict[str, MethodRule] = {f"/{SERVICE}/StreamAccessLogs": Permission.PLATFORM_ADMIN}
+# Envoy sends what it buffered since its last flush, hundreds of entries under load.
+# The entries are checked one by one (services.analytics.prefix.entries), so the
+# shared walk, which would refuse the whole batch for one bad entry, leaves them out.
+INPUTS: InputRules = {
+    f"/{SERVICE}/StreamAccessLogs": InputRule(
+        max_bytes=16 * MIB, unchecked_fields=frozenset({"http_logs", "tcp_logs"})
+    )
+}
 
 _EPOCH = dt.date(1970, 1, 1)
 
