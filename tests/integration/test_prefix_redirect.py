@@ -224,3 +224,31 @@ async def test_only_get_and_head(stack: Stack, tenant: TenantHandle) -> None:
         response = await client.post(prefixed(stack, tenant, "cdn.example.com/ep.mp3"))
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, HEAD"
+
+
+async def test_a_burst_larger_than_an_rpc_request_is_stored_whole(
+    stack: Stack, tenant: TenantHandle, db: asyncpg.Connection
+) -> None:
+    """Envoy sends a flush interval's entries as one message, far over the 64 KiB a
+    request to the services may have by default."""
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    user_agent = "Player/1.0 " + "x" * 1000
+    url = prefixed(stack, tenant, "cdn.example.com/show/burst.mp3")
+    async with httpx.AsyncClient(timeout=30) as client:
+        answers = await asyncio.gather(
+            *(
+                client.get(url, headers={"user-agent": user_agent, "x-request-id": request_id})
+                for request_id in ids
+            )
+        )
+    assert {answer.status_code for answer in answers} == {302}
+    await stored(db, ids[-1])
+    deadline = asyncio.get_running_loop().time() + ARRIVAL_S
+    while True:
+        count = await db.fetchval(
+            "SELECT count(*) FROM prefix_requests WHERE request_id = ANY($1::text[])", ids
+        )
+        if count == len(ids) or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert count == len(ids)
