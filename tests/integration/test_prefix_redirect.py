@@ -13,13 +13,15 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from podmesh.catalog.v1 import catalog_pb2
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from devstack.stack import Stack
 from services.analytics.counting.ip import IpHasher
-from services.shared.measurement_prefix import prefix_id
+from services.shared.measurement_prefix import prefix_id, prefixed_url
+from tests.integration.conftest import CatalogStub
 from tests.prefix_support import MEDIA, MediaServer
-from tests.support import TenantHandle, create_tenant
+from tests.support import TenantHandle, bearer, create_tenant
 
 UA = "PodmeshPrefixTest/1.0 (httpx)"
 # Stored within the access log's flush interval (1s); generous for a loaded machine.
@@ -252,3 +254,36 @@ async def test_a_burst_larger_than_an_rpc_request_is_stored_whole(
             break
         await asyncio.sleep(0.2)
     assert count == len(ids)
+
+
+async def test_a_podcast_names_the_prefix_for_its_feed(
+    stack: Stack,
+    tenant: TenantHandle,
+    catalog: CatalogStub,
+    media: MediaServer,
+    db: asyncpg.Connection,
+) -> None:
+    created = await catalog.CreatePodcast(
+        catalog_pb2.CreatePodcastRequest(podcast=catalog_pb2.Podcast(title="Prefixed Show")),
+        metadata=bearer(tenant.owner_key),
+    )
+    podcast = created.podcast
+    assert podcast.measurement_prefix == prefix_id(uuid.UUID(tenant.id))
+    fetched = await catalog.GetPodcast(
+        catalog_pb2.GetPodcastRequest(podcast_id=podcast.id), metadata=bearer(tenant.owner_key)
+    )
+    assert fetched.podcast.measurement_prefix == podcast.measurement_prefix
+    # The enclosure URL a feed gets, followed as a player would.
+    enclosure = prefixed_url(
+        stack.gateway_url, uuid.UUID(tenant.id), f"https://{media.authority}/show/feed.mp3"
+    )
+    assert enclosure == (
+        f"{stack.gateway_url}/e/{podcast.measurement_prefix}/{media.authority}/show/feed.mp3"
+    )
+    request_id = str(uuid.uuid4())
+    async with httpx.AsyncClient(verify=media.client_context(), timeout=10) as client:
+        response = await client.get(
+            enclosure, headers={"user-agent": UA, "x-request-id": request_id}, follow_redirects=True
+        )
+    assert response.content == MEDIA
+    assert (await stored(db, request_id))["media_key"] == f"{media.authority}/show/feed.mp3"
