@@ -4,6 +4,7 @@ methodology's filter (property-tested against the byte-verified filter)."""
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 import pytest
 from envoy.config.core.v3 import base_pb2
@@ -13,8 +14,12 @@ from hypothesis import strategies as st
 
 from services.analytics.counting.filters import FilterReason, RequestFilter
 from services.analytics.counting.records import ListenerRequest
+from services.analytics.peers import TenantProfile
 from services.analytics.prefix.entries import PrefixHit, media_target, prefix_hit
 from services.analytics.prefix.methodology import prefix_filter_reason, window_day
+from services.analytics.prefix.receiver import UNKNOWN_PREFIX_TTL_S, PrefixRecorder
+from services.shared.db import Database
+from services.shared.errors import NotFound
 from services.shared.measurement_prefix import prefix_id, tenant_of_prefix
 
 TENANT = uuid.UUID("0b6f1d2e-6a43-4c59-9a7e-2f1f5c3d4e5a")
@@ -168,3 +173,30 @@ def test_text_postgresql_cannot_store_is_dropped_and_unknown_methods_named() -> 
     hit = prefix_hit(log)
     assert hit is not None
     assert (hit.user_agent, hit.method) == ("Player/1.0", "OTHER")
+
+
+class Tenants:
+    """A tenant service that knows no tenant, counting the questions."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def get(self, tenant_id: uuid.UUID) -> TenantProfile:
+        self.asked += 1
+        raise NotFound("tenant", str(tenant_id))
+
+
+async def test_made_up_prefixes_are_asked_about_once_a_while() -> None:
+    tenants, now = Tenants(), [0.0]
+    # No database: hits of unknown tenants are dropped before any is stored.
+    recorder = PrefixRecorder(cast(Database, None), tenants, b"s" * 32, clock=lambda: now[0])
+    made_up = [
+        PrefixHit(uuid.uuid4(), "r", 0, "203.0.113.7", APP, "", "GET", "", 302, "u", "k")
+        for _ in range(3)
+    ]
+    assert await recorder.record(made_up * 10) == 0
+    assert await recorder.record(made_up) == 0
+    assert tenants.asked == 3
+    now[0] += UNKNOWN_PREFIX_TTL_S + 1
+    assert await recorder.record(made_up) == 0
+    assert tenants.asked == 6

@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
@@ -23,7 +24,7 @@ from grpc import aio
 
 from services.analytics.counting.filters import RequestFilter
 from services.analytics.counting.ip import InvalidIpError, IpHasher
-from services.analytics.peers import TenantProfiles
+from services.analytics.peers import TenantProfile
 from services.analytics.prefix.entries import PrefixHit, prefix_hit
 from services.analytics.prefix.methodology import prefix_filter_reason, window_day
 from services.shared.auth import MethodRule, Permission
@@ -46,17 +47,37 @@ INPUTS: InputRules = {
 }
 
 _EPOCH = dt.date(1970, 1, 1)
+# A tenant created after its prefix was first seen is counted from this long after.
+UNKNOWN_PREFIX_TTL_S = 60.0
+MAX_UNKNOWN_PREFIXES = 100_000
+
+Clock = Callable[[], float]
+
+
+class TenantSource(Protocol):
+    async def get(self, tenant_id: uuid.UUID) -> TenantProfile: ...
 
 
 class PrefixRecorder:
     """Stores prefix requests and counts them by the prefix methodology."""
 
-    def __init__(self, db: Database, tenants: TenantProfiles, ip_hash_secret: bytes) -> None:
+    def __init__(
+        self,
+        db: Database,
+        tenants: TenantSource,
+        ip_hash_secret: bytes,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self._db = db
         self._tenants = tenants
         self._secret = ip_hash_secret
         self._hashers: dict[uuid.UUID, IpHasher] = {}
         self._filter = RequestFilter()
+        self._clock = clock
+        # Prefix ids anyone can make up: each is asked about once a while, not once a
+        # batch, so made-up prefixes cannot slow the stream down to losing entries.
+        self._unknown: dict[uuid.UUID, float] = {}
 
     async def record(self, hits: Sequence[PrefixHit]) -> int:
         """Stores `hits`; the number of new downloads they counted."""
@@ -76,10 +97,16 @@ class PrefixRecorder:
         return counted
 
     async def _tenant_exists(self, tenant_id: uuid.UUID) -> bool:
+        now = self._clock()
+        if self._unknown.get(tenant_id, 0.0) > now:
+            return False
         try:
             await self._tenants.get(tenant_id)
         except NotFound:
             # A well-formed prefix of no tenant: redirected, never counted.
+            if len(self._unknown) >= MAX_UNKNOWN_PREFIXES:
+                self._unknown.clear()
+            self._unknown[tenant_id] = now + UNKNOWN_PREFIX_TTL_S
             return False
         return True
 
