@@ -75,7 +75,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
 
 DEFINITION = ServiceDefinition(
     name="analytics",
-    service_names=(SERVICE,),
+    service_names=(SERVICE, prefix_receiver.SERVICE),
     rules=RULES | prefix_receiver.RULES,
     register=register,
     settings_type=AnalyticsSettings,
