@@ -42,7 +42,7 @@ from devstack.procs import (
     terminate,
 )
 from devstack.redis import ExternalRedis, RedisServer, redis_from_env
-from gateway.envoy_config import parse_cors_origins
+from gateway.envoy_config import PREFIX_LOG_CREDENTIAL_ENV, parse_cors_origins
 
 log = logging.getLogger("devstack")
 
@@ -55,6 +55,8 @@ HOST = "127.0.0.1"
 # The gateway alone may listen beyond loopback, and only when asked to.
 GATEWAY_BIND_ENV = "PODMESH_GATEWAY_BIND"
 CORS_ORIGINS_ENV = "PODMESH_CORS_ALLOWED_ORIGINS"
+# A path the gateway answers with a fixed 302 of its own (tests/bench/prefix.py).
+REDIRECT_FLOOR_ENV = "PODMESH_GATEWAY_REDIRECT_FLOOR_PATH"
 # Test sessions keep their stacks in .run/test-<pid>; `make run` never touches them.
 TEST_DIR_PREFIX = "test-"
 
@@ -587,7 +589,11 @@ class Stack:
             argv += ["--upstream", f"{name}={self.service_addr(name)}"]
         for origin in self.cors_allowed_origins:
             argv += ["--cors-origin", origin]
-        await run_command(argv, env=self._tool_env(), cwd=ROOT, within=60)
+        argv += ["--prefix-log-cluster", "analytics"]
+        if self.env.get(REDIRECT_FLOOR_ENV):
+            argv += ["--redirect-floor-path", self.env[REDIRECT_FLOOR_ENV]]
+        env = self._tool_env() | {PREFIX_LOG_CREDENTIAL_ENV: self.secrets.admin_token}
+        await run_command(argv, env=env, cwd=ROOT, within=60)
 
     def _envoy_child(self) -> _Child:
         argv = [

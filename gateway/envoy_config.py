@@ -20,7 +20,7 @@ from typing import Any
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
-from gateway import strict_json
+from gateway import prefix_redirect, strict_json
 
 MIB = 1024 * 1024
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 * MIB
@@ -64,6 +64,9 @@ ORIGINAL_PATH_MAX_CHARS = 1024
 # The transcoder copies the whole REST URL into it; the services never read it, and its
 # size alone can exceed their gRPC metadata limit.
 UPSTREAM_HEADERS_TO_REMOVE = ("x-envoy-original-path",)
+
+# The platform administrator's token: the access log service is not a tenant's to call.
+PREFIX_LOG_CREDENTIAL_ENV = "PODMESH_ADMIN_TOKEN"
 
 RETRY_ON = "unavailable,reset,connect-failure"
 RETRY_ATTEMPTS = 2
@@ -149,6 +152,10 @@ def render_envoy_config(
     unary_timeout_s: int = DEFAULT_UNARY_TIMEOUT_S,
     stream_idle_timeout_s: int = DEFAULT_STREAM_IDLE_TIMEOUT_S,
     strict_json_bodies: bool = True,
+    trusted_proxy_hops: int = 0,
+    prefix_log_cluster: str | None = None,
+    prefix_log_credential: str | None = None,
+    redirect_floor_path: str | None = None,
 ) -> dict[str, Any]:
     """A complete Envoy v3 bootstrap for the gateway.
 
@@ -157,9 +164,20 @@ def render_envoy_config(
     extra backends still get a cluster, so a stack can be wired before its contract
     lands. `cors_allowed_origins` are exact origins (see `parse_cors_origins`); none by
     default, so no browser page may call the API with its user's credentials.
+    `trusted_proxy_hops` is how many proxies (load balancers, CDNs) stand in front of
+    the gateway, each appending to X-Forwarded-For; none by default, so the client
+    address is the connection's peer whatever X-Forwarded-For a client writes.
+    `prefix_log_cluster` receives the measurement prefix's access log (see
+    gateway.prefix_redirect), sent with `prefix_log_credential`. `redirect_floor_path`
+    adds a route answering a fixed 302 by `direct_response`, the floor the prefix
+    benchmark (tests/bench/prefix.py) measures the prefix route against.
     """
     for origin in cors_allowed_origins:
         parse_cors_origin(origin)
+    if trusted_proxy_hops < 0:
+        raise ValueError(f"trusted proxy hops must be 0 or more, not {trusted_proxy_hops}")
+    if prefix_log_cluster is not None and prefix_log_cluster not in upstreams:
+        raise ValueError(f"no upstream endpoints for the prefix log's {prefix_log_cluster}")
     descriptors = load_descriptor_set(descriptor_set)
     services = podmesh_services(descriptors)
     missing = sorted({service.backend for service in services} - set(upstreams))
@@ -177,6 +195,9 @@ def render_envoy_config(
         "codec_type": "AUTO",
         # The gateway is the edge: append the client to x-forwarded-for for the services.
         "use_remote_address": True,
+        # Stated, not defaulted: the client address the access logs carry is the one
+        # this many hops from the right of X-Forwarded-For, the peer itself with 0.
+        "xff_num_trusted_hops": trusted_proxy_hops,
         "generate_request_id": True,
         # Clients that send x-request-id keep it, so their logs join ours.
         "preserve_external_request_id": True,
@@ -194,7 +215,14 @@ def render_envoy_config(
         "max_request_headers_kb": max_request_headers_kb,
         "local_reply_config": _local_reply_config(max_request_body_bytes, max_request_headers_kb),
         "early_header_mutation_extensions": [_remember_method()],
-        "access_log": [_access_log(access_log_path or "/dev/stdout")],
+        "access_log": [
+            _access_log(access_log_path or "/dev/stdout"),
+            *(
+                [prefix_redirect.grpc_access_log(prefix_log_cluster, prefix_log_credential)]
+                if prefix_log_cluster is not None
+                else []
+            ),
+        ],
         "route_config": {
             "name": "podmesh",
             "request_headers_to_remove": list(UPSTREAM_HEADERS_TO_REMOVE),
@@ -208,6 +236,7 @@ def render_envoy_config(
                         max_request_body_bytes,
                         max_grpc_unary_request_bytes,
                         rest_filters=strict_json.route_config() if strict_json_bodies else {},
+                        redirect_floor_path=redirect_floor_path,
                     ),
                     "typed_per_filter_config": {
                         "envoy.filters.http.cors": _cors_policy(cors_allowed_origins),
@@ -216,6 +245,8 @@ def render_envoy_config(
             ],
         },
         "http_filters": [
+            # First: a prefix request is answered before any API filter sees it.
+            prefix_redirect.http_filter(),
             {
                 "name": "envoy.filters.http.cors",
                 "typed_config": {"@type": _TYPE + "extensions.filters.http.cors.v3.Cors"},
@@ -311,6 +342,7 @@ def _routes(
     max_grpc_unary_request_bytes: int,
     *,
     rest_filters: Mapping[str, Any],
+    redirect_floor_path: str | None = None,
 ) -> list[dict[str, Any]]:
     streaming_route = {"timeout": "0s", "idle_timeout": timeouts.stream_idle}
     retry_policy = {
@@ -327,7 +359,9 @@ def _routes(
         ],
         "host_selection_retry_max_attempts": 3,
     }
-    routes: list[dict[str, Any]] = []
+    routes: list[dict[str, Any]] = [prefix_redirect.route()]
+    if redirect_floor_path is not None:
+        routes.insert(0, prefix_redirect.floor_route(redirect_floor_path))
     for service in services:
         for method in service.methods:
             action: dict[str, Any] = {"cluster": service.backend}
@@ -823,6 +857,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help=f"refuse JSON bodies with unknown fields (default: on; {strict_json.SETTING})",
     )
+    parser.add_argument(
+        "--trusted-proxy-hops",
+        type=int,
+        default=0,
+        metavar="N",
+        help="proxies in front of the gateway that append to X-Forwarded-For "
+        "(default 0: the connection's peer is the client)",
+    )
+    parser.add_argument(
+        "--prefix-log-cluster",
+        default=None,
+        metavar="BACKEND",
+        help="backend receiving the measurement prefix's gRPC access log (e.g. analytics); "
+        f"Envoy authenticates with ${PREFIX_LOG_CREDENTIAL_ENV}",
+    )
+    parser.add_argument(
+        "--redirect-floor-path",
+        default=None,
+        metavar="PATH",
+        help="also answer PATH with a fixed 302 by direct_response (for benchmarks)",
+    )
     args = parser.parse_args(argv)
 
     upstreams: dict[str, list[tuple[str, int]]] = {}
@@ -841,6 +896,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             strict_json_bodies=(
                 strict_json.enabled_by(os.environ) if args.strict_json is None else args.strict_json
             ),
+            trusted_proxy_hops=args.trusted_proxy_hops,
+            prefix_log_cluster=args.prefix_log_cluster,
+            prefix_log_credential=os.environ.get(PREFIX_LOG_CREDENTIAL_ENV) or None,
+            redirect_floor_path=args.redirect_floor_path,
         )
     except (OSError, ValueError) as error:
         parser.error(str(error))

@@ -15,6 +15,7 @@ from services.analytics.ingest.ingestor import IngestSettings, build_ingestion
 from services.analytics.live.watch import LiveWatcher
 from services.analytics.peers import CatalogReleases, TenantProfiles
 from services.analytics.permissions import RULES, SERVICE, inputs
+from services.analytics.prefix import receiver as prefix_receiver
 from services.analytics.queries.ad_deliveries import AdDeliveryCounter
 from services.analytics.queries.metrics import MetricsReader
 from services.analytics.queries.report_cache import ReportCache
@@ -68,13 +69,19 @@ async def register(server: aio.Server, resources: Resources) -> None:
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
     start_audit_relay(resources, settings.audit_relay_interval_s)
+    prefix_receiver.register(
+        server,
+        prefix_receiver.PrefixRecorder(
+            resources.db, tenants, settings.ip_hash_secret.get_secret_value().encode()
+        ),
+    )
 
 
 DEFINITION = ServiceDefinition(
     name="analytics",
-    service_names=(SERVICE,),
-    rules=RULES,
+    service_names=(SERVICE, prefix_receiver.SERVICE),
+    rules=RULES | prefix_receiver.RULES,
     register=register,
     settings_type=AnalyticsSettings,
-    inputs=inputs,
+    inputs=lambda settings: {**inputs(settings), **prefix_receiver.INPUTS},
 )

@@ -24,6 +24,7 @@ from services.catalog.domain import (
 )
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
+from services.shared.measurement_prefix import prefix_id
 from services.shared.protobuf import duration, from_timestamp, milliseconds, timestamp
 from services.shared.validation import Violations, page_size, parse_uuid
 
@@ -68,6 +69,8 @@ def podcast_to_pb(podcast: Podcast) -> pb.Podcast:
         last_import_time=timestamp(podcast.last_import_at),
         create_time=timestamp(podcast.created_at),
         update_time=timestamp(podcast.updated_at),
+        # Every caller answers an RPC, in the tenant the podcast belongs to.
+        measurement_prefix=prefix_id(current_tenant_id()),
     )
 
 

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from services.shared.measurement_prefix import PATH_PREFIX, PREFIX_ID_PATTERN
+
 MAX_URL_LENGTH = 2048
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # The scheme is ignored in matching, so neither default port distinguishes a file.
@@ -56,6 +58,9 @@ TRACKING_PREFIXES: tuple[TrackingPrefix, ...] = (
     _prefix("magellan", ("mgln.ai",), r"e/[^/]+/"),
 )  # fmt: skip
 _BY_HOST = {host: prefix for prefix in TRACKING_PREFIXES for host in prefix.hosts}
+# Podmesh's own prefix is served by each deployment's gateway, whatever its host name:
+# it is known by its path, whose prefix id no media file's path has by chance.
+_PODMESH_PREFIX = re.compile(f"^{PATH_PREFIX}{PREFIX_ID_PATTERN}/")
 
 
 def is_http_url(value: str) -> bool:
@@ -77,9 +82,7 @@ def _unwrap(url: str) -> str | None:
     """The URL a measurement prefix redirects to, or None when `url` has none."""
     parts = urlsplit(url)
     prefix = _BY_HOST.get((parts.hostname or "").rstrip("."))
-    if prefix is None:
-        return None
-    match = prefix.path.match(parts.path)
+    match = (prefix.path if prefix is not None else _PODMESH_PREFIX).match(parts.path)
     if match is None:
         return None
     remainder = parts.path[match.end() :]

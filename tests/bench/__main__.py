@@ -22,6 +22,7 @@ BENCHMARKS = (
     "tests.bench.analytics_queries",
     "tests.bench.strict_input",
     "tests.bench.strict_json",
+    "tests.bench.prefix",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -41,6 +42,10 @@ SUMMARY = (
     "strict_json_check_cpu_us_per_record",
     "import_slowdown_p50_ratio",
     "import_slowdown_p95_ratio",
+    "prefix_redirects_per_s",
+    "prefix_redirect_p99_ms",
+    "prefix_vs_floor_throughput",
+    "prefix_logged_ratio",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 

@@ -186,6 +186,7 @@ def test_every_service_is_routed_to_its_cluster(
 def test_filters_are_in_order(descriptor_set: Path) -> None:
     names = [f["name"] for f in connection_manager(render(descriptor_set))["http_filters"]]
     assert names == [
+        "podmesh.prefix_redirect",
         "envoy.filters.http.cors",
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.buffer",

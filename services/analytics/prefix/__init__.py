@@ -1,0 +1,1 @@
+"""Listener requests to the measurement prefix, from Envoy's gRPC access log."""
