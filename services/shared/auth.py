@@ -140,6 +140,9 @@ class Principal:
     expires_at: datetime | None = None
     # For users: the version of their credentials the token was issued for.
     token_version: int = 0
+    # What the tenant must do about its billing (payment past due); every service shows
+    # it to the caller with each response.
+    billing_warning: str = ""
 
     @property
     def permissions(self) -> frozenset[Permission]:
@@ -160,6 +163,8 @@ class Principal:
         return self.type is PrincipalType.PLATFORM_ADMIN
 
 
+# The header (gRPC initial metadata) that carries a principal's billing warning.
+BILLING_WARNING_HEADER = "podmesh-billing-warning"
 PLATFORM_ADMIN = Principal(type=PrincipalType.PLATFORM_ADMIN, tenant_id=None)
 
 

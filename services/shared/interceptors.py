@@ -17,6 +17,7 @@ import grpc
 from grpc import aio
 
 from services.shared.auth import (
+    BILLING_WARNING_HEADER,
     Access,
     CredentialVerifier,
     MethodRule,
@@ -117,6 +118,12 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         principal = await self._principal(metadata)
         principal_var.set(principal)
         _authorise(rule, principal)
+        if principal.billing_warning:
+            # Headers, not trailers: JSON clients through the gateway see headers, and an
+            # error's trailers belong to its status.
+            await context.send_initial_metadata(
+                ((BILLING_WARNING_HEADER, principal.billing_warning),)
+            )
 
     async def recheck(self, method: str, context: Context) -> None:
         """Verifies a stream's credential again: a stream lives no longer than it."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import grpc
@@ -80,7 +81,13 @@ class RemoteApiKeyVerifier:
             )
         except grpc.RpcError as error:
             raise Unavailable("the tenant service cannot verify credentials now") from error
-        principal = principal_from_proto(response.principal) if response.active else None
+        principal = (
+            replace(
+                principal_from_proto(response.principal), billing_warning=response.billing_warning
+            )
+            if response.active
+            else None
+        )
         ttl = self._ttl_s if principal is not None else _NEGATIVE_TTL_S
         if principal is not None and principal.expires_at is not None:
             remaining = (principal.expires_at - datetime.now(UTC)).total_seconds()

@@ -8,7 +8,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -39,6 +39,7 @@ from services.shared.pagination import Keyset, PageTokens, split_page
 from services.shared.validation import Violations, mask_paths
 from services.tenant import repository as repo
 from services.tenant.billing import repository as billing_repo
+from services.tenant.billing.account import billing_warning
 from services.tenant.billing.plans import PlanQuota, effective_quota
 from services.tenant.domain import (
     MAX_PASSWORD_LENGTH,
@@ -77,12 +78,18 @@ _LOGIN_FAILED = "the tenant, e-mail or password is wrong"
 
 class TenantDirectory:
     def __init__(
-        self, db: Database, jwt: JwtCodec, page_tokens: PageTokens, guard: LoginGuard
+        self,
+        db: Database,
+        jwt: JwtCodec,
+        page_tokens: PageTokens,
+        guard: LoginGuard,
+        billing_grace: timedelta,
     ) -> None:
         self._db = db
         self._jwt = jwt
         self._tokens = page_tokens
         self._guard = guard
+        self._billing_grace = billing_grace
 
     # Tenants
 
@@ -391,12 +398,14 @@ class TenantDirectory:
             return None
         async with self._db.tenant_transaction(row["tenant_id"]) as conn:
             await repo.touch_api_key(conn, row["api_key_id"])
+            account = await billing_repo.get_account(conn, row["tenant_id"])
         return Principal(
             type=PrincipalType.API_KEY,
             tenant_id=row["tenant_id"],
             subject_id=str(row["api_key_id"]),
             scopes=frozenset(Scope(s) for s in row["scopes"]),
             expires_at=row["expires_at"],
+            billing_warning=billing_warning(account, now, self._billing_grace),
         )
 
     async def verify_user_token(self, token: str, claims: Principal) -> Principal | None:
@@ -406,6 +415,7 @@ class TenantDirectory:
             return None
         async with self._db.tenant_transaction(claims.tenant_id) as conn:
             holder = await repo.token_holder(conn, uuid.UUID(claims.subject_id))
+            account = await billing_repo.get_account(conn, claims.tenant_id)
         if holder is None:
             return None
         role, token_version, tenant_state = holder
@@ -415,7 +425,9 @@ class TenantDirectory:
             or tenant_state is not TenantState.ACTIVE
         ):
             return None
-        return claims
+        return replace(
+            claims, billing_warning=billing_warning(account, utcnow(), self._billing_grace)
+        )
 
     async def introspect(self, verifier: CredentialVerifier, credential: str) -> Principal | None:
         return await verifier.verify(credential.strip())

@@ -20,8 +20,14 @@ from services.tenant.servicer import TenantServicer
 
 
 def _directory(resources: Resources) -> TenantDirectory:
+    settings = resources.settings
+    assert isinstance(settings, TenantServiceSettings)
     return TenantDirectory(
-        resources.db, resources.jwt, resources.page_tokens, LoginGuard(resources.redis)
+        resources.db,
+        resources.jwt,
+        resources.page_tokens,
+        LoginGuard(resources.redis),
+        timedelta(days=settings.billing_grace_days),
     )
 
 

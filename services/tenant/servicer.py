@@ -14,7 +14,7 @@ from services.shared.client_address import client_address
 from services.shared.context import current_principal
 from services.shared.protobuf import from_timestamp, timestamp
 from services.shared.validation import Violations, page_size, parse_uuid
-from services.tenant.billing.rpc import BillingRpcs, quota_to_pb, status_to_pb, warn
+from services.tenant.billing.rpc import BillingRpcs, quota_to_pb, status_to_pb
 from services.tenant.billing.service import Billing
 from services.tenant.directory import TenantDirectory
 from services.tenant.domain import (
@@ -195,7 +195,6 @@ class TenantServicer(BillingRpcs, tenant_pb2_grpc.TenantServiceServicer):
             current_principal(), parse_uuid(request.tenant_id, "tenant_id")
         )
         status = await self._billing.tenant_status(tenant)
-        warn(context, status)
         message = tenant_to_pb(tenant)
         message.effective_quota.CopyFrom(quota_to_pb(status.quota))
         message.billing.CopyFrom(status_to_pb(status))
@@ -302,7 +301,11 @@ class TenantServicer(BillingRpcs, tenant_pb2_grpc.TenantServiceServicer):
         principal = await self._directory.introspect(self._verifier, request.credential)
         if principal is None:
             return pb.IntrospectCredentialResponse(active=False)
-        return pb.IntrospectCredentialResponse(active=True, principal=principal_to_pb(principal))
+        return pb.IntrospectCredentialResponse(
+            active=True,
+            principal=principal_to_pb(principal),
+            billing_warning=principal.billing_warning,
+        )
 
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Any

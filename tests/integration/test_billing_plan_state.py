@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 import grpc
+import httpx
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
@@ -26,6 +27,8 @@ from tests.analytics_ingest_support import (
 )
 from tests.billing_support import CARD, request_id
 from tests.support import bearer, error_info
+
+WARNING = "podmesh-billing-warning"
 
 Tenants: TypeAlias = "tenant_pb2_grpc.TenantServiceAsyncStub"
 Analytics: TypeAlias = "analytics_pb2_grpc.AnalyticsServiceAsyncStub"
@@ -154,9 +157,36 @@ async def test_a_past_due_tenant_within_grace_ingests_and_is_warned(
     assert billing.ingestion_allowed
     assert billing.reason == "SUBSCRIPTION_PAST_DUE"
     assert billing.grace_end_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC) + timedelta(days=5)
-    trailing = dict(await call.trailing_metadata() or ())
-    assert "past due" in str(trailing["podmesh-billing-warning"])
-    assert await _ingest(analytics, seeded, 10) == 10
+    # Every response carries the warning: the tenant service's own, another service's
+    # (whose credential check goes through IntrospectCredential), and JSON's as a header.
+    assert "past due" in str(dict(await call.initial_metadata() or ())[WARNING])
+    records = list(
+        listener_traffic(seeded.episodes, 10, start_us=now_us() - HOUR_US, span_us=HOUR_US // 2)
+    )[:10]
+    ingest = analytics.IngestListenerEvents(
+        pb.IngestListenerEventsRequest(requests=records), metadata=bearer(seeded.ingest_key)
+    )
+    assert (await ingest).accepted_count == 10
+    assert "past due" in str(dict(await ingest.initial_metadata() or ())[WARNING])
+    async with httpx.AsyncClient(base_url=stack.gateway_url) as client:
+        response = await client.get(
+            f"/api/v1/tenants/{seeded.tenant.id}",
+            headers={"authorization": f"Bearer {seeded.tenant.owner_key}"},
+        )
+    assert response.status_code == 200
+    assert "past due" in response.headers[WARNING]
+
+
+async def test_a_tenant_in_good_standing_gets_no_warning(
+    stack: Stack, tenants: Tenants, gateway_channel: grpc.aio.Channel
+) -> None:
+    seeded = await _on_plan(stack, tenants, gateway_channel, "growth")
+    call = tenants.GetTenant(
+        tenant_pb2.GetTenantRequest(tenant_id=seeded.tenant.id),
+        metadata=bearer(seeded.tenant.owner_key),
+    )
+    assert (await call).tenant.billing.reason == ""
+    assert WARNING not in dict(await call.initial_metadata() or ())
 
 
 async def test_after_grace_ingestion_stops_and_reads_go_on(

@@ -40,6 +40,12 @@ class BillingStatus:
     grace_end: datetime | None
 
 
+def billing_warning(account: BillingAccount, now: datetime, grace: timedelta) -> str:
+    """What the tenant must do about its billing, shown with every response; empty when
+    nothing."""
+    return billing_status(account, Quota(), now, grace).message
+
+
 def billing_status(
     account: BillingAccount, overrides: Quota, now: datetime, grace: timedelta
 ) -> BillingStatus:

@@ -28,7 +28,6 @@ STATE_TO_PB = {
     SubscriptionState.CANCELED: pb.SUBSCRIPTION_STATE_CANCELED,
 }
 # Metadata a response carries while the tenant's payment is past due.
-WARNING_HEADER = "podmesh-billing-warning"
 MAX_INVOICES = 100
 
 
@@ -71,11 +70,6 @@ def plan_to_pb(plan: Plan) -> pb.Plan:
         overage_price_per_thousand_events=money(plan.overage_price_per_unit * 1000 // OVERAGE_UNIT),
         quota=quota_to_pb(plan.quota),
     )
-
-
-def warn(context: Any, status: BillingStatus) -> None:
-    if status.reason:
-        context.set_trailing_metadata(((WARNING_HEADER, status.message),))
 
 
 class BillingRpcs:
