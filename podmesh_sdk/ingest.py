@@ -132,6 +132,14 @@ class IngestClient:
         call = self._stub.StreamListenerEvents(metadata=self._metadata)  # type: ignore[call-arg]
 
         async def write() -> None:
+            try:
+                await write_batches()
+            except asyncio.InvalidStateError:
+                # The call ended (through an interceptor a write then says so): the
+                # reader gets its status and decides about resending.
+                return
+
+        async def write_batches() -> None:
             for sequence in itertools.count(1):
                 await window.acquire()
                 if resend:
