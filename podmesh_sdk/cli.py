@@ -34,7 +34,7 @@ from podmesh.analytics.v1 import analytics_pb2 as analytics  # noqa: E402
 from podmesh.catalog.v1 import catalog_pb2 as catalog  # noqa: E402
 from podmesh.tenant.v1 import tenant_pb2 as tenant  # noqa: E402
 
-from podmesh_sdk.client import Client, RetryPolicy  # noqa: E402
+from podmesh_sdk.client import Client, RetryPolicy, pages  # noqa: E402
 from podmesh_sdk.config import ConfigError, Credentials, ProfileStore, normalise_gateway  # noqa: E402
 from podmesh_sdk.errors import PodmeshError  # noqa: E402
 from podmesh_sdk.importer import DEFAULT_BATCH, ImportReport, import_logs  # noqa: E402
@@ -547,8 +547,6 @@ def prefix_url(
             await client.catalog.GetPodcast(catalog.GetPodcastRequest(podcast_id=podcast_id))
             if enclosure:
                 return [enclosure]
-            from podmesh_sdk.client import pages
-
             return [
                 episode.media_url
                 async for episode in pages(

@@ -149,6 +149,7 @@ def _cloudfront(
 ) -> Iterator[pb.ListenerRequest]:
     label = source.label
     columns: dict[str, int] | None = None
+    index: dict[str, int] = {}
     days: dict[str, int] = {}
     for number, raw_line in enumerate(stream, 1):
         stats.lines += 1
@@ -162,7 +163,8 @@ def _cloudfront(
                         f"{label}: the #Fields header lacks {', '.join(missing)} "
                         "(needed by the cloudfront format)"
                     )
-                columns = {name: index for index, name in enumerate(names)}
+                columns = {name: position for position, name in enumerate(names)}
+                index = {name: columns.get(name, -1) for name in _CLOUDFRONT_USED}
             continue
         if not line:
             continue
@@ -173,20 +175,30 @@ def _cloudfront(
             stats.bad_line(label, number, f"{len(values)} fields, the header names {len(columns)}")
             continue
         try:
-            yield _cloudfront_record(values, columns, days, options)
+            yield _cloudfront_record(values, index, days, options)
             stats.records += 1
         except Malformed as error:
             stats.bad_line(label, number, str(error))
 
 
-def _cloudfront_record(
-    values: list[str], columns: dict[str, int], days: dict[str, int], options: ImportOptions
-) -> pb.ListenerRequest:
-    def get(name: str) -> str:
-        index = columns.get(name)
-        return values[index] if index is not None else "-"
+_CLOUDFRONT_USED = (
+    *CLOUDFRONT_REQUIRED,
+    "x-host-header",
+    "cs(Host)",
+    "sc-content-len",
+    "sc-range-start",
+    "sc-range-end",
+    "cs(User-Agent)",
+    "cs(Referer)",
+)
 
-    date, clock = get("date"), get("time")
+
+def _cloudfront_record(
+    values: list[str], index: dict[str, int], days: dict[str, int], options: ImportOptions
+) -> pb.ListenerRequest:
+    # Columns the header lacks are at index -1, the "-" appended to every row.
+    values.append("-")
+    date, clock = values[index["date"]], values[index["time"]]
     try:
         day = _epoch_of_day(
             days, date, lambda: timegm(datetime.strptime(date, "%Y-%m-%d").timetuple())
@@ -195,23 +207,23 @@ def _cloudfront_record(
         at = day + int(hours) * 3600 + int(minutes) * 60 + int(seconds)
     except ValueError:
         raise Malformed("date or time is not YYYY-MM-DD HH:MM:SS") from None
-    host = get("x-host-header")
+    host = values[index["x-host-header"]]
     if host == "-":
-        host = get("cs(Host)")
-    sent = _int(get("sc-bytes"), "sc-bytes")
-    content_length = get("sc-content-len")
+        host = values[index["cs(Host)"]]
+    sent = _int(values[index["sc-bytes"]], "sc-bytes")
+    content_length = values[index["sc-content-len"]]
     # sc-bytes includes the response headers; the body is at most Content-Length.
-    if content_length not in ("-", ""):
+    if content_length != "-":
         sent = min(sent, _int(content_length, "sc-content-len"))
-    start, end = get("sc-range-start"), get("sc-range-end")
+    start, end = values[index["sc-range-start"]], values[index["sc-range-end"]]
     record = pb.ListenerRequest(
-        id="cf:" + get("x-edge-request-id"),
-        media_url=_media_url(options, "" if host == "-" else host, get("cs-uri-stem")),
-        client_ip=get("c-ip"),
-        user_agent=_dash(unquote(get("cs(User-Agent)"))),
-        referer=_dash(unquote(get("cs(Referer)"))),
-        http_method=get("cs-method"),
-        status_code=_int(get("sc-status"), "sc-status"),
+        id="cf:" + values[index["x-edge-request-id"]],
+        media_url=_media_url(options, "" if host == "-" else host, values[index["cs-uri-stem"]]),
+        client_ip=values[index["c-ip"]],
+        user_agent=_dash(unquote(values[index["cs(User-Agent)"]])),
+        referer=_dash(unquote(values[index["cs(Referer)"]])),
+        http_method=values[index["cs-method"]],
+        status_code=_int(values[index["sc-status"]], "sc-status"),
         range=f"bytes={start}-{end}" if start.isdigit() and end.isdigit() else "",
         bytes_served=sent,
     )

@@ -96,6 +96,12 @@ async def test_cli_from_login_to_a_csv_of_metrics(
     # The one complete download of episode 1 (a full 200 by Apple Podcasts) is counted.
     assert sum(int(row.rsplit(",", 1)[1]) for row in rows[1:]) == 1
 
+    watched = await cli("metrics", "watch", "--podcast", podcast_id, "--count", "1")
+    assert watched.returncode == 0, watched.stderr
+    assert "updateTime" in json.loads(watched.stdout.splitlines()[0])
+
+    one = await cli("prefix", "url", podcast_id, "https://media.example.com/x.mp3?a=1")
+    assert one.stdout.strip() == f"{stack.gateway_url}/e/{podcast_id}/media.example.com/x.mp3?a=1"
     prefixed = await cli("prefix", "url", podcast_id)
     assert prefixed.returncode == 0, prefixed.stderr
     assert f"{stack.gateway_url}/e/{podcast_id}/media.example.com/shows/acme/ep1.mp3" in (
