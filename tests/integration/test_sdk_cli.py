@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -95,6 +96,21 @@ async def test_cli_from_login_to_a_csv_of_metrics(
     assert "# guideline:" in csv_out.stdout
     # The one complete download of episode 1 (a full 200 by Apple Podcasts) is counted.
     assert sum(int(row.rsplit(",", 1)[1]) for row in rows[1:]) == 1
+
+    as_json = await cli(
+        "metrics", "query", "--start", start, "--end", end, "--time-zone", "UTC",
+        "--podcast", podcast_id, "--format", "json",
+    )  # fmt: skip
+    assert as_json.returncode == 0, as_json.stderr
+    points = json.loads(as_json.stdout)["points"]
+    assert sum(int(point.get("downloads", 0)) for point in points) == 1
+    as_table = await cli(
+        "metrics", "query", "--start", start, "--end", end, "--time-zone", "UTC",
+        "--podcast", podcast_id, "--breakdown", "app",
+    )  # fmt: skip
+    assert as_table.returncode == 0, as_table.stderr
+    header = next(line for line in as_table.stdout.splitlines() if "bucket" in line)
+    assert re.findall(r"\w+", header) == ["bucket", "value", "downloads"]
 
     watched = await cli("metrics", "watch", "--podcast", podcast_id, "--count", "1")
     assert watched.returncode == 0, watched.stderr
