@@ -1,8 +1,9 @@
 """Makes the generated stubs importable when the SDK runs from a checkout.
 
-The stubs are generated into `gen/` by `make gen`, after the editable install, so the
-console script cannot rely on them being on the path; a wheel built after `make gen`
-ships them as the top-level `podmesh` package instead.
+The stubs are generated into `gen/` by `make gen` (never committed), after the
+editable install, so they are not on the installed console script's path. From a
+checkout the SDK finds them beside itself; elsewhere put a generated `gen/` on
+PYTHONPATH.
 """
 
 from __future__ import annotations
