@@ -15,6 +15,7 @@ from services.analytics.live.watch import LiveWatcher
 from services.analytics.peers import CatalogReleases, TenantProfiles
 from services.analytics.permissions import RULES, SERVICE, inputs
 from services.analytics.queries.ad_deliveries import AdDeliveryCounter
+from services.analytics.queries.ingest_usage import IngestUsageReader
 from services.analytics.queries.metrics import MetricsReader
 from services.analytics.queries.report_cache import ReportCache
 from services.analytics.servicer import AnalyticsServicer
@@ -62,6 +63,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
         rebuilder,
         reports,
         AdDeliveryCounter(resources.db, tenants),
+        IngestUsageReader(resources.db),
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
 
