@@ -2,7 +2,8 @@
 nothing else. Each RPC belongs to one collaborator: MetricsReader (reports, insights;
 QueryMetrics answers go through the ReportCache), LiveWatcher (WatchMetrics),
 CountingSettingsStore (counting filters), Ingestor (ingestion, which speaks the
-ingestion messages itself) and CountRebuilder (rebuilds)."""
+ingestion messages itself), CountRebuilder (rebuilds), AdDeliveryCounter (campaign
+pacing) and IngestUsageReader (billing)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from services.analytics.live.watch import LiveCounters, LiveWatcher
 from services.analytics.peers import CREDENTIAL_HEADERS, Metadata
 from services.analytics.queries.ad_deliveries import AdDeliveryCounter, SlotRange
 from services.analytics.queries.funnel_report import funnel_to_pb
+from services.analytics.queries.ingest_usage import IngestUsageReader, month_start
 from services.analytics.queries.insights import AnomalyDirection
 from services.analytics.queries.metrics import MetricsReader
 from services.analytics.queries.report_cache import ReportCache
@@ -166,8 +168,10 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         rebuilds: CountRebuilder,
         reports: ReportCache[pb.QueryMetricsResponse],
         ad_deliveries: AdDeliveryCounter,
+        ingest_usage: IngestUsageReader,
     ) -> None:
         self._ad_deliveries = ad_deliveries
+        self._ingest_usage = ingest_usage
         self._metrics = metrics
         self._reports = reports
         self._watcher = watcher
@@ -456,4 +460,17 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             ],
             time_zone=counts.time_zone,
             complete_until_time=timestamp(counts.complete_until),
+        )
+
+    # Billing
+
+    async def GetIngestUsage(
+        self, request: pb.GetIngestUsageRequest, context: Any
+    ) -> pb.GetIngestUsageResponse:
+        tenant_id = parse_uuid(request.tenant_id, "tenant_id")
+        usage = await self._ingest_usage.usage(tenant_id, month_start(request.year, request.month))
+        return pb.GetIngestUsageResponse(
+            period_start_time=timestamp(usage.period_start),
+            period_end_time=timestamp(usage.period_end),
+            accepted_events=usage.accepted_events,
         )

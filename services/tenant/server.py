@@ -1,4 +1,5 @@
-"""Wires the tenant service: it verifies credentials itself, straight from its tables."""
+"""Wires the tenant service: it verifies credentials itself, straight from its tables;
+billing asks analytics for the events it meters."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from services.shared.auth import CredentialVerifier
 from services.shared.server import Resources, ServiceDefinition
+from services.tenant.billing.ingest_usage import IngestUsage
 from services.tenant.billing.reporter import UsageReporter
 from services.tenant.billing.service import Billing
 from services.tenant.billing.settings import TenantServiceSettings
@@ -44,6 +46,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
         settings.stripe_webhook_secret.get_secret_value(),
         settings.stripe_webhook_tolerance_s,
         timedelta(days=settings.billing_grace_days),
+        IngestUsage(resources.channel("analytics"), settings.admin_token.get_secret_value()),
     )
     reporter = UsageReporter(billing, settings.billing_usage_interval_s)
     if settings.stripe_api_key.get_secret_value():

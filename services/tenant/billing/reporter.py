@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.shared.errors import Unavailable
 from services.tenant.billing.service import Billing
 
 log = logging.getLogger("podmesh.tenant.billing")
@@ -30,6 +31,8 @@ class UsageReporter:
                         "usage reported",
                         extra={"fields": {"recorded": recorded, "reported": reported}},
                     )
+            except Unavailable as error:
+                log.warning("usage reporting incomplete (%s); trying again next round", error)
             except Exception:
                 log.exception("usage reporting failed; trying again next round")
             await asyncio.sleep(self._interval_s)

@@ -110,16 +110,6 @@ async def subscribed_tenants(conn: Conn) -> list[uuid.UUID]:
     return [r[0] for r in await conn.fetch("SELECT * FROM billing_tenants_with_subscription()")]
 
 
-async def counted_events(conn: Conn, period_start: date) -> int:
-    """The events analytics accepted and counted against the tenant this month: the
-    platform's own count, read from analytics' monthly usage table, never re-counted."""
-    value = await conn.fetchval(
-        "SELECT events FROM ingest_usage WHERE tenant_id = app_tenant_id() AND month = $1",
-        period_start,
-    )
-    return int(value or 0)
-
-
 async def recorded_usage(conn: Conn, period_start: date) -> tuple[int, int]:
     """(events recorded for the period, the last sequence number)."""
     row = await conn.fetchrow(

@@ -14,10 +14,11 @@ import stripe
 from services.shared.auth import Principal
 from services.shared.context import current_method, current_request_id
 from services.shared.db import Database
-from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.tenant import repository as tenant_repo
 from services.tenant.billing import repository as repo
 from services.tenant.billing.account import BillingAccount, BillingStatus, billing_status
+from services.tenant.billing.ingest_usage import IngestUsage
 from services.tenant.billing.plans import (
     FREE,
     OVERAGE_UNIT,
@@ -117,8 +118,10 @@ class Billing:
         webhook_secret: str,
         webhook_tolerance_s: int,
         grace: timedelta,
+        ingest_usage: IngestUsage,
     ) -> None:
         self._db = db
+        self._ingest_usage = ingest_usage
         self._stripe = stripe_api
         self._webhook_secret = webhook_secret
         self._tolerance_s = webhook_tolerance_s
@@ -373,31 +376,43 @@ class Billing:
             if await tenant_repo.get_tenant(conn, tenant_id) is None:
                 raise NotFound("tenant", str(tenant_id))
             account = await repo.get_account(conn, tenant_id)
-            counted = await repo.counted_events(conn, month)
             reported = await repo.reported_total(conn, month)
+        # Asked after the transaction, which holds no connection across the call.
+        counted = await self._ingest_usage.accepted_events(tenant_id, month)
         overage, bill = account.plan.bill(counted)
         start, end = _month_bounds(month)
         return Usage(start, end, account.plan, counted, overage, bill, reported)
 
     async def report_usage(self, *, record_only: bool = False) -> tuple[int, int]:
         """Records each subscribed tenant's newly counted events, then reports every
-        recorded row Stripe does not have yet. (rows recorded, rows reported)."""
+        recorded row Stripe does not have yet. (rows recorded, rows reported).
+
+        Without analytics, what was recorded before is still reported, and then
+        Unavailable is raised: the reporter records the rest next round."""
         async with self._db.platform_transaction() as conn:
             tenants = await repo.subscribed_tenants(conn)
         recorded = reported = 0
+        unavailable: Unavailable | None = None
         for tenant_id in tenants:
             await self.apply_due_downgrade(tenant_id)
-            recorded += await self._record(tenant_id)
+            try:
+                recorded += await self._record(tenant_id)
+            except Unavailable as error:
+                unavailable = error
             if not record_only:
                 reported += await self._report(tenant_id)
+        if unavailable is not None:
+            raise unavailable
         return recorded, reported
 
     async def _record(self, tenant_id: uuid.UUID) -> int:
         month = month_of(utcnow())
+        # Read before the lock, not under it: the count only grows, so a recorder that
+        # read less than another already recorded records nothing.
+        counted = await self._ingest_usage.accepted_events(tenant_id, month)
         async with self._db.tenant_transaction(tenant_id) as conn:
             # One recorder at a time per tenant: the sequence numbers stay dense.
             await repo.get_account(conn, tenant_id, lock=True)
-            counted = await repo.counted_events(conn, month)
             already, sequence = await repo.recorded_usage(conn, month)
             if counted <= already:
                 return 0
