@@ -51,7 +51,10 @@ class Resources:
         """A shared channel to a peer service, by name ("tenant", "catalog", ...)."""
         if peer not in self.channels:
             address = getattr(self.settings, f"{peer}_addr")
-            self.channels[peer] = aio.insecure_channel(address)
+            # With several replicas the address lists them all: spread calls, skip dead ones.
+            self.channels[peer] = aio.insecure_channel(
+                address, options=[("grpc.lb_policy_name", "round_robin")]
+            )
         return self.channels[peer]
 
 
