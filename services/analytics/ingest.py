@@ -65,6 +65,7 @@ from services.shared.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.shared.leases import PeriodicLease
 from services.shared.server import Resources
 
 log = logging.getLogger("podmesh.analytics.ingest")
@@ -159,14 +160,15 @@ class Ingestor:
 
     # --- upkeep ---------------------------------------------------------------------
 
-    def start_upkeep(self) -> None:
-        """Runs `upkeep` now and every `maintenance_interval_s` while the process lives."""
-        self._upkeep = asyncio.create_task(self._upkeep_loop())
+    def start_upkeep(self, lease: PeriodicLease) -> None:
+        """Runs `upkeep` now and every `maintenance_interval_s` while the process lives,
+        on one replica per interval (the lease's holder)."""
+        self._upkeep = asyncio.create_task(self._upkeep_loop(lease))
 
-    async def _upkeep_loop(self) -> None:
+    async def _upkeep_loop(self, lease: PeriodicLease) -> None:
         while True:
             try:
-                await self.upkeep()
+                await lease.run(self.upkeep)
             except Exception:
                 log.exception("ingestion upkeep failed; trying again next round")
             await asyncio.sleep(self._settings.maintenance_interval_s)
@@ -580,7 +582,11 @@ async def build_ingestion(
         retention_days=settings.raw_retention_days,
         grace_hours=settings.counting_grace_hours,
     )
-    ingestor.start_upkeep()
+    ingestor.start_upkeep(
+        PeriodicLease(
+            resources.db, resources.redis, "analytics", "upkeep", settings.maintenance_interval_s
+        )
+    )
     # Each request allocates a dozen short-lived objects and batches in flight live long
     # enough to be promoted, so with the default thresholds (700, 10, 10) the cyclic
     # collector took about a seventh of the process's time under load (py-spy). Objects

@@ -156,6 +156,23 @@ async def _serving(stack: Stack, part: str) -> bool:
     return await grpc_serving(address)
 
 
+async def test_replicas_run_the_analytics_upkeep_once(supervised: Stack) -> None:
+    # First in this module: later tests kill Redis, which forgets the lease.
+    def runs() -> int:
+        return sum(
+            supervised.log_path(name).read_text().count("ingestion upkeep")
+            for name in supervised.replicas("analytics")
+        )
+
+    async def ran() -> bool:
+        return runs() > 0
+
+    await eventually(ran, "the upkeep ran")
+    # Both replicas started their upkeep loop with the platform; one holds the lease.
+    await asyncio.sleep(2.0)
+    assert runs() == 1
+
+
 PARTS = [
     "tenant", "catalog", "catalog-2", "campaign", "attribution", "analytics", "analytics-2",
     "reflection", "envoy", "redis", "postgres",
