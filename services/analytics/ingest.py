@@ -27,11 +27,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from pydantic import Field
 
+from services.analytics import ingest_health
 from services.analytics.counting import (
     DAY_US,
     CountingSettings,
@@ -91,6 +92,8 @@ class IngestSettings(Settings):
     # How long a tenant's settings and quotas, and its counting filters, are cached.
     tenant_settings_ttl_s: float = Field(default=30.0, gt=0)
     maintenance_interval_s: float = Field(default=3600.0, gt=0)
+    # What the per-key rate limit does while Redis is down (see ingest_limits).
+    ingest_rate_limit_without_redis: Literal["open", "closed"] = "open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +431,7 @@ class Ingestor:
         try:
             await self._commit_group(tenant_id, committer, group, handoff, previous)
         except Exception as error:
+            ingest_health.observe_failure(error)
             if len(group) > 1 and not isinstance(error, Unavailable):
                 # One batch's problem (a quota it passes, a bug it triggers) must not
                 # fail the batches it happened to share a transaction with.
@@ -472,6 +476,7 @@ class Ingestor:
         result = await self._store.commit(
             tenant_id, [p.batch for p in group], counting, watermark_us, handoff, previous
         )
+        ingest_health.observe_commit(p.batch for p in group)
         for pending, arrivals in zip(group, result.arrivals, strict=True):
             if not pending.done.done():
                 pending.done.set_result(arrivals)
@@ -569,7 +574,10 @@ async def build_ingestion(
         episodes,
         tenants,
         counting_settings,
-        RateLimiter(resources.redis),
+        RateLimiter(
+            resources.redis,
+            open_without_redis=settings.ingest_rate_limit_without_redis == "open",
+        ),
         live_counters,
         settings,
     )

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from services.shared.auth import CredentialStore, CredentialVerifier, JwtCodec, MethodRule
 from services.shared.config import Settings
 from services.shared.db import Database
+from services.shared.dependencies import DependencyWatch, standard_probes
 from services.shared.inputs import InputRules, receive_limit
 from services.shared.interceptors import RequestInterceptor
 from services.shared.introspection import RemoteApiKeyVerifier
@@ -152,6 +153,8 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
         await server.start()
         for name in ("", *definition.service_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        watch = _watch_dependencies(definition, resources, health_servicer)
+        stack.push_async_callback(watch.stop)
         log.info("serving", extra={"fields": {"address": address}})
 
         await _until_signalled()
@@ -160,6 +163,27 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_s)
         log.info("stopped")
+
+
+def _watch_dependencies(
+    definition: ServiceDefinition, resources: Resources, health_servicer: Any
+) -> DependencyWatch:
+    async def required(up: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *definition.service_names):
+            await health_servicer.set(name, status)
+
+    watch = DependencyWatch(
+        definition.name,
+        lambda: standard_probes(resources.db, resources.redis, resources.channels),
+        required,
+    )
+    watch.start()
+    return watch
 
 
 async def _close_channels(resources: Resources) -> None:

@@ -23,6 +23,7 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
 from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -294,3 +295,90 @@ async def test_ingestion_moves_to_the_other_replica_and_counts_exactly(
         assert await counted(conn, seeded.tenant.id) == expected_tables(expected, len(records))
     finally:
         await conn.close()
+
+
+# --- degraded modes (last: supervision is paused while Redis and PostgreSQL stay down) ---
+
+
+def _sample(exposition: str, series: str) -> float | None:
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def _metric(stack: Stack, name: str, series: str) -> float | None:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        try:
+            return _sample((await client.get(stack.metrics_url(name))).text, series)
+        except httpx.HTTPError:
+            return None
+
+
+async def _health(address: str) -> int | None:
+    async with grpc.aio.insecure_channel(address) as direct:
+        try:
+            reply = await health_pb2_grpc.HealthStub(direct).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+        except grpc.aio.AioRpcError:
+            return None
+        return int(reply.status)
+
+
+def _lines(stack: Stack, names: list[str], text: str) -> int:
+    return sum(stack.log_path(name).read_text().count(text) for name in names)
+
+
+async def test_redis_down_is_a_degraded_mode_logged_once(
+    supervised: Stack, seeded: IngestTenant, channel: grpc.aio.Channel
+) -> None:
+    replicas = supervised.replicas("analytics")
+    before = _lines(supervised, replicas, "live counters not updated")
+    down_before = _lines(supervised, replicas, '"dependency down"')
+    await supervised.stop_supervising()
+    await supervised.redis.stop()
+    try:
+        series = 'podmesh_degraded{service="analytics"}'
+        for name in replicas:
+
+            async def degraded(name: str = name) -> bool:
+                return await _metric(supervised, name, series) == 1.0
+
+            await eventually(degraded, f"{name} reports itself degraded")
+        records = list(
+            listener_traffic(seeded.episodes, 2000, start_us=now_us() - HOUR_US, span_us=HOUR_US)
+        )
+        totals = await ResendingClient(channel, seeded.ingest_key).send(batches(records, 100))
+        assert totals.accepted + totals.duplicates == len(records)
+        up = 'podmesh_dependency_up{dependency="redis",service="analytics"}'
+        assert await _metric(supervised, replicas[0], up) == 0.0
+        # Still serving: Redis only degrades a feature.
+        assert await _health(supervised.service_addr("analytics")) == 1
+    finally:
+        await supervised.redis.start()
+        supervised.supervise()
+    # 20 batches while Redis was down: one line per process and outage, not per batch.
+    assert 1 <= _lines(supervised, replicas, "live counters not updated") - before <= 2
+    assert _lines(supervised, replicas, '"dependency down"') - down_before == len(replicas)
+
+
+async def test_without_postgresql_a_service_is_not_serving(supervised: Stack) -> None:
+    address = supervised.service_addr("tenant")
+    await supervised.stop_supervising()
+    await supervised.postgres.stop()
+    try:
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+
+        async def refuses() -> bool:
+            return await _health(address) == int(not_serving)
+
+        await eventually(refuses, "tenant says NOT_SERVING")
+    finally:
+        await supervised.postgres.start()
+        supervised.supervise()
+
+    async def serves() -> bool:
+        return await _health(address) == int(health_pb2.HealthCheckResponse.SERVING)
+
+    await eventually(serves, "tenant serving again")
