@@ -284,6 +284,9 @@ class Ingestor:
             return await self._ingest_batch(
                 tenant_id, principal, records, credentials, after, queued
             )
+        except Exception as error:
+            ingest_health.batch_failed(error)
+            raise
         finally:
             if queued is not None:
                 queued.set()

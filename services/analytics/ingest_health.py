@@ -7,6 +7,7 @@ final up to the counting grace before it, so when it stalls, so does completenes
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable
 
@@ -36,5 +37,28 @@ def observe_commit(batches: Iterable[StagedBatch]) -> None:
         NEWEST_REQUEST.set(newest_us / 1e6)
 
 
+FAILED_BATCHES = Counter(
+    "podmesh_ingest_failed_batches_total",
+    "Batches answered with an error (a peer or PostgreSQL down, a quota passed...)",
+    ["error"],
+)
+# A failed batch leaves reference cycles: its exception's traceback holds the frames
+# that hold the batch's records, and the asyncio tasks that ran it hold the exception.
+# Ingestion raises the collector's thresholds (a batch's objects are not cycles), so
+# such cycles waited for a rare full collection: while every batch failed the process
+# grew from 170 to 309 MB. Collecting at most this often while batches fail bounds it.
+COLLECT_EVERY_S = 1.0
+_last_collect = 0.0
+
+
 def observe_failure(error: BaseException) -> None:
     FAILED_GROUPS.labels(type(error).__name__).inc()
+
+
+def batch_failed(error: BaseException) -> None:
+    global _last_collect
+    FAILED_BATCHES.labels(type(error).__name__).inc()
+    now = time.monotonic()
+    if now - _last_collect >= COLLECT_EVERY_S:
+        _last_collect = now
+        gc.collect()
