@@ -22,6 +22,7 @@ BENCHMARKS = (
     "tests.bench.analytics_queries",
     "tests.bench.strict_input",
     "tests.bench.strict_json",
+    "tests.bench.failover",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -40,6 +41,9 @@ SUMMARY = (
     "strict_json_check_cpu_us_per_record",
     "import_slowdown_p50_ratio",
     "import_slowdown_p95_ratio",
+    "failover_seconds",
+    "analytics_rss_mb_success",
+    "analytics_rss_mb_failing",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 
