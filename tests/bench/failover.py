@@ -35,7 +35,6 @@ ensure_generated()
 sys.path.insert(0, str(GEN_DIR))
 
 from podmesh.analytics.v1 import analytics_pb2 as pb  # noqa: E402
-from podmesh.analytics.v1 import analytics_pb2_grpc  # noqa: E402
 from podmesh.catalog.v1 import catalog_pb2_grpc  # noqa: E402
 from podmesh.tenant.v1 import tenant_pb2_grpc  # noqa: E402
 
@@ -48,7 +47,9 @@ from tests.analytics_ingest_support import (  # noqa: E402
 from tests.support import bearer, create_tenant  # noqa: E402
 
 CALLERS = 4
-BATCH = 1_000
+BATCH = 250
+POOL = 200
+METHOD = "/podmesh.analytics.v1.AnalyticsService/IngestListenerEvents"
 FAIL_SECONDS = 60.0
 HOUR_US = 3_600_000_000
 # Short, so that with the catalog down every batch misses the cache and fails.
@@ -62,13 +63,34 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
+def batch_pool(episodes: Sequence[EpisodeSpec], seed: int) -> list[bytes]:
+    """POOL batches, serialised ahead: the client's CPU must not be what is measured.
+    Sent in a loop; a batch sent again is a successful call too (duplicates)."""
+    traffic = listener_traffic(
+        episodes,
+        POOL * BATCH,
+        start_us=time.time_ns() // 1000 - 2 * HOUR_US,
+        span_us=HOUR_US,
+        seed=seed,
+    )
+    records = list(itertools.islice(traffic, POOL * BATCH))
+    return [
+        pb.IngestListenerEventsRequest(requests=records[i : i + BATCH]).SerializeToString()
+        for i in range(0, len(records), BATCH)
+    ]
+
+
 class Callers:
     """CALLERS loops each sending one batch after another, recording each outcome."""
 
-    def __init__(self, channel: grpc.aio.Channel, key: str, episodes: Sequence[EpisodeSpec]):
-        self._stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+    def __init__(self, channel: grpc.aio.Channel, key: str, pools: Sequence[list[bytes]]):
+        self._call = channel.unary_unary(
+            METHOD,
+            request_serializer=None,
+            response_deserializer=pb.IngestListenerEventsResponse.FromString,
+        )
         self._key = key
-        self._episodes = episodes
+        self._pools = pools
         self.stop = asyncio.Event()
         # Per caller: (monotonic time the call ended, succeeded).
         self.outcomes: list[list[tuple[float, bool]]] = [[] for _ in range(CALLERS)]
@@ -77,23 +99,11 @@ class Callers:
         await asyncio.gather(*(self._caller(index) for index in range(CALLERS)))
 
     async def _caller(self, index: int) -> None:
-        seed = 1000 * index
-        while not self.stop.is_set():
-            seed += 1
-            traffic = listener_traffic(
-                self._episodes,
-                BATCH,
-                start_us=time.time_ns() // 1000 - 2 * HOUR_US,
-                span_us=HOUR_US,
-                seed=seed,
-            )
-            records = list(itertools.islice(traffic, BATCH))
+        for body in itertools.cycle(self._pools[index]):
+            if self.stop.is_set():
+                return
             try:
-                await self._stub.IngestListenerEvents(
-                    pb.IngestListenerEventsRequest(requests=records),
-                    metadata=bearer(self._key),
-                    timeout=10,
-                )
+                await self._call(body, metadata=bearer(self._key), timeout=10)
                 ok = True
             except grpc.aio.AioRpcError:
                 ok = False
@@ -140,9 +150,9 @@ async def setup(stack: Stack, gateway: grpc.aio.Channel) -> tuple[str, list[Epis
 
 
 async def failover(
-    stack: Stack, gateway: grpc.aio.Channel, key: str, eps: list[EpisodeSpec]
+    stack: Stack, gateway: grpc.aio.Channel, key: str, pools: Sequence[list[bytes]]
 ) -> None:
-    callers = Callers(gateway, key, eps)
+    callers = Callers(gateway, key, pools)
     running = asyncio.create_task(callers.run())
     await asyncio.sleep(3.0)
     victim = stack.process("analytics")
@@ -156,11 +166,13 @@ async def failover(
     print(f"failover_seconds: {callers.worst_wait_after(killed_at):.2f}")
 
 
-async def memory(stack: Stack, gateway: grpc.aio.Channel, key: str, eps: list[EpisodeSpec]) -> None:
+async def memory(
+    stack: Stack, gateway: grpc.aio.Channel, key: str, pools: Sequence[list[bytes]]
+) -> None:
     seconds = max(10.0, FAIL_SECONDS * scale())
     process = stack.process("analytics-2")
     assert process is not None
-    success = Callers(gateway, key, eps)
+    success = Callers(gateway, key, pools)
     success_kib = await peak_rss(process.pid, seconds, success)
     print(f"successful batches: {sum(ok for c in success.outcomes for _, ok in c)}")
     print(f"analytics_rss_mb_success: {success_kib / 1024:.0f}")
@@ -168,7 +180,7 @@ async def memory(stack: Stack, gateway: grpc.aio.Channel, key: str, eps: list[Ep
     await stack.kill_service("catalog")
     # Past the episode cache's lifetime: from here every batch needs the catalog.
     await asyncio.sleep(float(EPISODE_CACHE_TTL_S) + 1.0)
-    failing = Callers(gateway, key, eps)
+    failing = Callers(gateway, key, pools)
     failing_kib = await peak_rss(process.pid, seconds, failing)
     succeeded = sum(ok for c in failing.outcomes for _, ok in c)
     print(f"failing batches: {failing.failures()} (succeeded: {succeeded})")
@@ -187,10 +199,11 @@ async def main() -> None:
     ) as stack:
         async with grpc.aio.insecure_channel(stack.gateway_addr) as gateway:
             key, episodes = await setup(stack, gateway)
-            await failover(stack, gateway, key, episodes)
+            pools = [batch_pool(episodes, seed) for seed in range(CALLERS)]
+            await failover(stack, gateway, key, pools)
         # One replica from here: its memory is the one measured.
         async with grpc.aio.insecure_channel(stack.gateway_addr) as gateway:
-            await memory(stack, gateway, key, episodes)
+            await memory(stack, gateway, key, pools)
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
