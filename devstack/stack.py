@@ -602,6 +602,10 @@ class Stack:
         if wait_gateway and "envoy" in self._children:
             await self._wait_gateway_sees([name])
 
+    async def wait_gateway_sees(self, names: list[str]) -> None:
+        """Waits until Envoy has each named process ("analytics", "analytics-2") healthy."""
+        await self._wait_gateway_sees(names)
+
     def supervise(self) -> Supervisor:
         """Starts restarting whatever dies (`make run`); stop() ends it first."""
         if self._supervisor is None:

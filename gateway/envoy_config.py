@@ -67,6 +67,11 @@ UPSTREAM_HEADERS_TO_REMOVE = ("x-envoy-original-path",)
 
 RETRY_ON = "unavailable,reset,connect-failure"
 RETRY_ATTEMPTS = 2
+# How often a retry may pick a host again to avoid the one that just failed. Least
+# request prefers a replica that just died (its requests fail at once, so it has none
+# in flight): with 2 replicas each pick lands on it about 3 times in 4, and with the
+# former 3 picks about 4 retries in 10 went back to it until it was ejected.
+HOST_RESELECTIONS = 10
 
 _PACKAGE = re.compile(r"^podmesh\.(?P<backend>[a-z][a-z0-9_]*)\.v[0-9]+$")
 _TYPE = "type.googleapis.com/envoy."
@@ -325,7 +330,7 @@ def _routes(
                 },
             }
         ],
-        "host_selection_retry_max_attempts": 3,
+        "host_selection_retry_max_attempts": HOST_RESELECTIONS,
     }
     routes: list[dict[str, Any]] = []
     for service in services:

@@ -33,5 +33,7 @@ def test_idempotent_calls_are_retried_on_another_replica(descriptor_set: Path) -
     assert {"reset", "connect-failure", "unavailable"} <= set(policy["retry_on"].split(","))
     predicates = [p["name"] for p in policy["retry_host_predicate"]]
     assert predicates == ["envoy.retry_host_predicates.previous_hosts"]
+    # Enough picks that a retry almost never lands on the replica that just died.
+    assert policy["host_selection_retry_max_attempts"] >= 10
     ingest = grpc_route(config, "/podmesh.analytics.v1.AnalyticsService/IngestListenerEvents")
     assert "retry_policy" not in ingest["route"]

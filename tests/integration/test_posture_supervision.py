@@ -193,6 +193,7 @@ async def test_a_killed_part_comes_back_by_itself(
         )
         # Everything that depended on the part (pools, channels, Envoy's view) recovers too.
         await eventually(lambda: tenants_listed(supervised), "the gateway answers again")
+        await supervised.wait_gateway_sees(supervised.service_children)
     assert load.ok > 0
     died = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{part} died")]
     assert died, caplog.text
@@ -255,6 +256,8 @@ async def _idempotent_calls(
 async def test_killing_one_replica_costs_idempotent_callers_nothing(
     supervised: Stack, seeded: IngestTenant, channel: grpc.aio.Channel, replica: str
 ) -> None:
+    # Both replicas in rotation first: with one already out, losing the other is an outage.
+    await supervised.wait_gateway_sees(supervised.service_children)
     stop = asyncio.Event()
     reading = asyncio.create_task(_idempotent_calls(channel, seeded.tenant.owner_key, stop))
     await asyncio.sleep(1.0)
@@ -279,6 +282,7 @@ async def test_ingestion_moves_to_the_other_replica_and_counts_exactly(
         if totals.accepted + totals.duplicates >= 4000:
             reached.set()
 
+    await supervised.wait_gateway_sees(supervised.service_children)
     client = ResendingClient(channel, seeded.ingest_key, max_reconnects=300, on_ack=on_ack)
     sending = asyncio.create_task(client.send(batches(records, 500)))
     await reached.wait()
