@@ -52,11 +52,20 @@ class Resources:
         """A shared channel to a peer service, by name ("tenant", "catalog", ...)."""
         if peer not in self.channels:
             address = getattr(self.settings, f"{peer}_addr")
-            # With several replicas the address lists them all: spread calls, skip dead ones.
             self.channels[peer] = aio.insecure_channel(
-                address, options=[("grpc.lb_policy_name", "round_robin")]
+                address, options=peer_channel_options(address)
             )
         return self.channels[peer]
+
+
+def peer_channel_options(address: str) -> list[tuple[str, str]]:
+    """Round robin over a peer's replicas ("ipv4:a,b" or a "dns:///" name for a headless
+    Service): calls spread, and a dead replica is skipped. One address keeps pick_first:
+    after a restart it reconnects on the next call, where round robin would fail calls
+    fast through its reconnect backoff."""
+    if "," in address or address.startswith("dns:"):
+        return [("grpc.lb_policy_name", "round_robin")]
+    return []
 
 
 Register = Callable[[aio.Server, Resources], Awaitable[None]]

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from services.shared.dependencies import DEGRADED, DEPENDENCY_UP, DependencyWatch, Probe
+from services.shared.server import peer_channel_options
 
 
 class Switch:
@@ -50,3 +51,10 @@ async def test_transitions_are_logged_once_and_postgres_decides_health(
     assert [r.fields["dependency"] for r in backs] == ["redis", "postgres"]  # type: ignore[attr-defined]
     assert health == [False, True]
     assert DEGRADED.labels("unit")._value.get() == 0
+
+
+def test_peers_are_balanced_only_over_several_replicas() -> None:
+    assert peer_channel_options("127.0.0.1:50052") == []
+    balanced = [("grpc.lb_policy_name", "round_robin")]
+    assert peer_channel_options("ipv4:127.0.0.1:50052,127.0.0.1:50152") == balanced
+    assert peer_channel_options("dns:///catalog:50052") == balanced
