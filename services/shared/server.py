@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from services.shared.auth import CredentialStore, CredentialVerifier, JwtCodec, MethodRule
 from services.shared.config import Settings
 from services.shared.db import Database
-from services.shared.dependencies import DependencyWatch, standard_probes
+from services.shared.dependencies import DependencyWatch, Probe, standard_probes
 from services.shared.inputs import InputRules, receive_limit
 from services.shared.interceptors import RequestInterceptor
 from services.shared.introspection import RemoteApiKeyVerifier
@@ -162,7 +162,9 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
         await server.start()
         for name in ("", *definition.service_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        watch = _watch_dependencies(definition, resources, health_servicer)
+        probe_channels: dict[str, aio.Channel] = {}
+        stack.push_async_callback(_close_all, probe_channels)
+        watch = _watch_dependencies(definition, resources, health_servicer, probe_channels)
         stack.push_async_callback(watch.stop)
         log.info("serving", extra={"fields": {"address": address}})
 
@@ -175,7 +177,10 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
 
 
 def _watch_dependencies(
-    definition: ServiceDefinition, resources: Resources, health_servicer: Any
+    definition: ServiceDefinition,
+    resources: Resources,
+    health_servicer: Any,
+    probe_channels: dict[str, aio.Channel],
 ) -> DependencyWatch:
     async def required(up: bool) -> None:
         status = (
@@ -186,13 +191,26 @@ def _watch_dependencies(
         for name in ("", *definition.service_names):
             await health_servicer.set(name, status)
 
-    watch = DependencyWatch(
-        definition.name,
-        lambda: standard_probes(resources.db, resources.redis, resources.channels),
-        required,
-    )
+    def probes() -> dict[str, Probe]:
+        # Peers are probed over channels of their own: a probe sent while a peer restarts
+        # puts its channel into reconnect backoff, and requests on the shared channel
+        # would then fail fast for seconds after the peer is back.
+        for peer in resources.channels:
+            if peer not in probe_channels:
+                address = getattr(resources.settings, f"{peer}_addr")
+                probe_channels[peer] = aio.insecure_channel(
+                    address, options=peer_channel_options(address)
+                )
+        return standard_probes(resources.db, resources.redis, probe_channels)
+
+    watch = DependencyWatch(definition.name, probes, required)
     watch.start()
     return watch
+
+
+async def _close_all(channels: dict[str, aio.Channel]) -> None:
+    for channel in channels.values():
+        await channel.close(None)
 
 
 async def _close_channels(resources: Resources) -> None:
