@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -21,6 +20,7 @@ from devstack.redis import RedisServer
 from devstack.stack import (
     CORS_ORIGINS_ENV,
     GATEWAY_BIND_ENV,
+    REPLICAS_ENV,
     ROOT,
     SERVICES,
     TEST_DIR_PREFIX,
@@ -71,7 +71,10 @@ def banner(stack: Stack) -> str:
     else:
         token = "$PODMESH_ADMIN_TOKEN"
         token_line = "  admin token   $PODMESH_ADMIN_TOKEN (from your environment)"
-    services = "  ".join(f"{n} {stack.ports.grpc[n]}" for n in SERVICES)
+    services = "  ".join(
+        f"{n} {','.join(stack.service_addr(r).rpartition(':')[2] for r in stack.replicas(n))}"
+        for n in SERVICES
+    )
     return f"""
 Podmesh is up.
   gateway       {stack.gateway_listen}  (gRPC over h2c, JSON under /api/v1, reflection)
@@ -87,6 +90,7 @@ Try:
   {venv_bin}/grpcurl -plaintext {stack.gateway_addr} list
   curl -s -H "authorization: Bearer {token}" {stack.gateway_url}/api/v1/tenants
 
+Whatever exits is restarted (with backoff); {REPLICAS_ENV}=analytics=2,... runs replicas.
 Ctrl-C (or SIGTERM) stops everything.
 """
 
@@ -135,15 +139,9 @@ async def run(run_dir: Path) -> int:
         raise error
 
     print(banner(stack), flush=True)
-    reported: set[str] = set()
-    while not stop.is_set():
-        # Report a child that died on its own once; the rest keeps serving.
-        for name, code in stack.exited().items():
-            if name not in reported:
-                reported.add(name)
-                log.error("%s exited with code %s; see %s", name, code, stack.log_path(name))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 2.0)
+    # Whatever dies from now on is restarted with backoff and logged as an error.
+    stack.supervise()
+    await stop.wait()
 
     log.info("stopping")
     await stack.stop()

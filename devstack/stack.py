@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -42,6 +43,7 @@ from devstack.procs import (
     terminate,
 )
 from devstack.redis import ExternalRedis, RedisServer, redis_from_env
+from devstack.supervise import Supervisor, Watched
 from gateway.envoy_config import PREFIX_LOG_CREDENTIAL_ENV, parse_cors_origins
 
 log = logging.getLogger("devstack")
@@ -57,6 +59,11 @@ GATEWAY_BIND_ENV = "PODMESH_GATEWAY_BIND"
 CORS_ORIGINS_ENV = "PODMESH_CORS_ALLOWED_ORIGINS"
 # A path the gateway answers with a fixed 302 of its own (tests/bench/prefix.py).
 REDIRECT_FLOOR_ENV = "PODMESH_GATEWAY_REDIRECT_FLOOR_PATH"
+# "analytics=2,catalog=2": how many processes of a service `make run` starts.
+REPLICAS_ENV = "PODMESH_REPLICAS"
+MAX_REPLICAS = 8
+# Replica n of a service listens n-1 times this far above the first one's ports.
+REPLICA_PORT_STEP = 100
 # Test sessions keep their stacks in .run/test-<pid>; `make run` never touches them.
 TEST_DIR_PREFIX = "test-"
 
@@ -86,6 +93,34 @@ def gateway_bind(env: Mapping[str, str]) -> str:
         ) from None
 
 
+def parse_replicas(text: str) -> dict[str, int]:
+    """ "analytics=2,catalog=2" -> {"analytics": 2, "catalog": 2}; unnamed services get 1."""
+    counts: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, eq, raw = item.partition("=")
+        name = name.strip()
+        if not eq or name not in SERVICES:
+            raise StackError(
+                f"{REPLICAS_ENV}: {item!r} is not <service>=<count> "
+                f"(services: {', '.join(SERVICES)})"
+            )
+        try:
+            count = int(raw)
+        except ValueError:
+            count = 0
+        if not 1 <= count <= MAX_REPLICAS:
+            raise StackError(f"{REPLICAS_ENV}: {name}={raw.strip()!r}: give 1 to {MAX_REPLICAS}")
+        counts[name] = count
+    return counts
+
+
+def replica_name(service: str, replica: int) -> str:
+    """The child's name: the service's own for the first replica, "analytics-2" after."""
+    return service if replica == 1 else f"{service}-{replica}"
+
+
 def cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
     try:
         return parse_cors_origins(env.get(CORS_ORIGINS_ENV, ""))
@@ -104,11 +139,13 @@ class PortPlan:
     redis: int
     grpc: Mapping[str, int]
     metrics: Mapping[str, int]
+    # (gRPC, metrics) ports of replicas 2, 3, ... of the services that have several.
+    replicas: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
     @classmethod
     def defaults(cls, env: Mapping[str, str] = os.environ) -> PortPlan:
         """The fixed plan of `make run`; each port can be moved by a variable."""
-        return cls(
+        plan = cls(
             gateway=_env_int(env, "PODMESH_GATEWAY_PORT", 8080),
             envoy_admin=_env_int(env, "PODMESH_ENVOY_ADMIN_PORT", 9901),
             reflection=_env_int(env, "PODMESH_REFLECTION_PORT", 50060),
@@ -123,11 +160,27 @@ class PortPlan:
                 for i, name in enumerate(SERVICES)
             },
         )
+        counts = parse_replicas(env.get(REPLICAS_ENV, ""))
+        return dataclasses.replace(
+            plan,
+            replicas={
+                name: tuple(
+                    (
+                        plan.grpc[name] + REPLICA_PORT_STEP * (n - 1),
+                        plan.metrics[name] + REPLICA_PORT_STEP * (n - 1),
+                    )
+                    for n in range(2, count + 1)
+                )
+                for name, count in counts.items()
+                if count > 1
+            },
+        )
 
     @classmethod
-    def free(cls) -> PortPlan:
+    def free(cls, replicas: Mapping[str, int] | None = None) -> PortPlan:
         """Ports the kernel says are free now, so parallel stacks never collide."""
-        ports = iter(free_ports(5 + 2 * len(SERVICES)))
+        extra = {name: count - 1 for name, count in (replicas or {}).items() if count > 1}
+        ports = iter(free_ports(5 + 2 * len(SERVICES) + 2 * sum(extra.values())))
         return cls(
             gateway=next(ports),
             envoy_admin=next(ports),
@@ -136,7 +189,20 @@ class PortPlan:
             redis=next(ports),
             grpc={name: next(ports) for name in SERVICES},
             metrics={name: next(ports) for name in SERVICES},
+            replicas={
+                name: tuple((next(ports), next(ports)) for _ in range(count))
+                for name, count in extra.items()
+            },
         )
+
+    def replica_count(self, name: str) -> int:
+        return 1 + len(self.replicas.get(name, ()))
+
+    def grpc_port(self, name: str, replica: int = 1) -> int:
+        return self.grpc[name] if replica == 1 else self.replicas[name][replica - 2][0]
+
+    def metrics_port(self, name: str, replica: int = 1) -> int:
+        return self.metrics[name] if replica == 1 else self.replicas[name][replica - 2][1]
 
     def labelled(self) -> dict[str, int]:
         ports = {
@@ -149,6 +215,9 @@ class PortPlan:
         for name in SERVICES:
             ports[f"{name} gRPC (PODMESH_{name.upper()}_PORT)"] = self.grpc[name]
             ports[f"{name} metrics (PODMESH_{name.upper()}_METRICS_PORT)"] = self.metrics[name]
+            for n, (grpc_port, metrics_port) in enumerate(self.replicas.get(name, ()), 2):
+                ports[f"{name} replica {n} gRPC ({REPLICAS_ENV})"] = grpc_port
+                ports[f"{name} replica {n} metrics ({REPLICAS_ENV})"] = metrics_port
         return ports
 
     def check(self, *, skip: frozenset[int] = frozenset()) -> None:
@@ -283,6 +352,7 @@ class Stack:
             env=self.env, registry=self._pids,
         )  # fmt: skip
         self._children: dict[str, _Child] = {}
+        self._supervisor: Supervisor | None = None
         self._started = False
         self._atexit_registered = False
 
@@ -326,10 +396,33 @@ class Stack:
         return {name: f"{HOST}:{self.ports.grpc[name]}" for name in SERVICES}
 
     def service_addr(self, name: str) -> str:
-        return self.addresses[name]
+        """host:port of a service's first replica, or of the replica named ("analytics-2")."""
+        service, replica = self.split_replica(name)
+        return f"{HOST}:{self.ports.grpc_port(service, replica)}"
 
     def metrics_url(self, name: str) -> str:
-        return f"http://{HOST}:{self.ports.metrics[name]}/metrics"
+        service, replica = self.split_replica(name)
+        return f"http://{HOST}:{self.ports.metrics_port(service, replica)}/metrics"
+
+    def replicas(self, service: str) -> list[str]:
+        """The child names of a service's replicas, first one first."""
+        return [replica_name(service, n) for n in range(1, self.ports.replica_count(service) + 1)]
+
+    def split_replica(self, name: str) -> tuple[str, int]:
+        """ "analytics-2" -> ("analytics", 2); "analytics" -> ("analytics", 1)."""
+        service, _, number = name.rpartition("-")
+        if service in SERVICES and number.isdigit():
+            replica = int(number)
+            if 2 <= replica <= self.ports.replica_count(service):
+                return service, replica
+        if name in SERVICES:
+            return name, 1
+        raise StackError(f"unknown service {name!r}; services are {', '.join(SERVICES)}")
+
+    def peer_target(self, service: str) -> str:
+        """What a peer dials: one address, or every replica's for client-side balancing."""
+        addresses = [self.service_addr(name) for name in self.replicas(service)]
+        return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
 
     @property
     def owner_dsn(self) -> str:
@@ -360,17 +453,19 @@ class Stack:
         return child.proc if child is not None and child.alive else None
 
     def service_env(self, name: str) -> dict[str, str]:
+        """The environment of a service's process; `name` may name a replica."""
+        service, replica = self.split_replica(name)
         env = dict(self.env)
         pythonpath = [str(ROOT), str(GEN_DIR)]
         if env.get("PYTHONPATH"):
             pythonpath.append(env["PYTHONPATH"])
         env.update(
             {
-                "PODMESH_SERVICE": name,
+                "PODMESH_SERVICE": service,
                 "PODMESH_GRPC_HOST": HOST,
-                "PODMESH_GRPC_PORT": str(self.ports.grpc[name]),
+                "PODMESH_GRPC_PORT": str(self.ports.grpc_port(service, replica)),
                 "PODMESH_METRICS_HOST": HOST,
-                "PODMESH_METRICS_PORT": str(self.ports.metrics[name]),
+                "PODMESH_METRICS_PORT": str(self.ports.metrics_port(service, replica)),
                 "DATABASE_URL": self.app_dsn,
                 "REDIS_URL": self.redis_url,
                 "PODMESH_ADMIN_TOKEN": self.secrets.admin_token,
@@ -382,9 +477,14 @@ class Stack:
             }
         )
         for peer in SERVICES:
-            env[f"PODMESH_{peer.upper()}_ADDR"] = self.service_addr(peer)
+            env[f"PODMESH_{peer.upper()}_ADDR"] = self.peer_target(peer)
         env.update(self.service_env_extra)
         return env
+
+    @property
+    def service_children(self) -> list[str]:
+        """Every service process this stack runs: each service's replicas."""
+        return [name for service in self.services for name in self.replicas(service)]
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -420,18 +520,18 @@ class Stack:
         await _all(self.postgres.start(), self.redis.start())
         await self._migrate()
 
-        log.info("starting %s", ", ".join(self.services))
-        for name in self.services:
+        log.info("starting %s", ", ".join(self.service_children))
+        for name in self.service_children:
             self._spawn(self._service_child(name))
         self._spawn(self._reflection_child())
         await self._render_envoy_config()
         self._spawn(self._envoy_child())
 
         await _all(
-            *(self._wait_grpc(name) for name in [*self.services, "reflection"]),
+            *(self._wait_grpc(name) for name in [*self.service_children, "reflection"]),
             self._wait_envoy_ready(),
         )
-        await self._wait_gateway_sees(list(self.services))
+        await self._wait_gateway_sees(self.service_children)
         if self.secrets.admin_token_generated:
             self.admin_token_file.write_text(self.secrets.admin_token + "\n")
             self.admin_token_file.chmod(0o600)
@@ -443,7 +543,8 @@ class Stack:
         Services drain concurrently (SIGTERM, then SIGKILL after the grace period);
         a failure to stop one part never keeps the later parts running.
         """
-        services = [self._children[n] for n in self.services if n in self._children]
+        await self.stop_supervising()
+        services = [self._children[n] for n in self.service_children if n in self._children]
         errors: list[BaseException] = [
             result
             for result in await asyncio.gather(
@@ -503,6 +604,50 @@ class Stack:
         if wait_gateway and "envoy" in self._children:
             await self._wait_gateway_sees([name])
 
+    async def wait_gateway_sees(self, names: list[str]) -> None:
+        """Waits until Envoy has each named process ("analytics", "analytics-2") healthy."""
+        await self._wait_gateway_sees(names)
+
+    def supervise(self) -> Supervisor:
+        """Starts restarting whatever dies (`make run`); stop() ends it first."""
+        if self._supervisor is None:
+            parts = [self._watch_child(name) for name in [*self._children]]
+            if isinstance(self.redis, RedisServer):
+                parts.append(Watched("redis", self._redis_ended, self._restart_redis))
+            if isinstance(self.postgres, PostgresServer):
+                parts.append(Watched("postgres", self._postgres_ended, self.postgres.start))
+            self._supervisor = Supervisor(parts)
+            self._supervisor.start()
+        return self._supervisor
+
+    async def stop_supervising(self) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.stop()
+            self._supervisor = None
+
+    def _watch_child(self, name: str) -> Watched:
+        def ended() -> tuple[int | None] | None:
+            proc = self._children[name].proc
+            code = proc.poll() if proc is not None else None
+            return (code,) if code is not None else None
+
+        async def restart() -> None:
+            self._spawn(self._children[name])
+
+        return Watched(name, ended, restart)
+
+    def _redis_ended(self) -> tuple[int | None] | None:
+        proc = self.redis.proc if isinstance(self.redis, RedisServer) else None
+        code = proc.poll() if proc is not None else None
+        return (code,) if code is not None else None
+
+    async def _restart_redis(self) -> None:
+        await self.redis.start()
+
+    def _postgres_ended(self) -> tuple[int | None] | None:
+        server = self.postgres
+        return (None,) if isinstance(server, PostgresServer) and not server.running else None
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
@@ -539,11 +684,10 @@ class Stack:
     # --- internals -------------------------------------------------------------
 
     def _service_child(self, name: str) -> _Child:
-        if name not in SERVICES:
-            raise StackError(f"unknown service {name!r}; services are {', '.join(SERVICES)}")
+        service, _ = self.split_replica(name)
         return _Child(
             name=name,
-            argv=[sys.executable, "-m", f"services.{name}"],
+            argv=[sys.executable, "-m", f"services.{service}"],
             env=self.service_env(name),
             log_path=self.log_path(name),
             stop_grace=SERVICE_STOP_GRACE,
@@ -585,8 +729,9 @@ class Stack:
             "--admin-port", str(self.ports.envoy_admin),
             "--reflection", self.reflection_addr,
         ]  # fmt: skip
-        for name in SERVICES:
-            argv += ["--upstream", f"{name}={self.service_addr(name)}"]
+        for service in SERVICES:
+            for name in self.replicas(service):
+                argv += ["--upstream", f"{service}={self.service_addr(name)}"]
         for origin in self.cors_allowed_origins:
             argv += ["--cors-origin", origin]
         argv += ["--prefix-log-cluster", "analytics"]
@@ -680,7 +825,7 @@ class Stack:
         unhealthy (first health check pending, outlier-ejected after a crash)
         would answer 503 to the first calls a test makes.
         """
-        wanted = {self.ports.grpc[name]: name for name in names}
+        wanted = {self.ports.grpc_port(*self.split_replica(name)): name for name in names}
         async with httpx.AsyncClient(base_url=self.envoy_admin_url, timeout=2.0) as client:
 
             async def healthy() -> bool:

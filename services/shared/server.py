@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from services.shared.auth import CredentialStore, CredentialVerifier, JwtCodec, MethodRule
 from services.shared.config import Settings
 from services.shared.db import Database
+from services.shared.dependencies import DependencyWatch, Probe, standard_probes
 from services.shared.inputs import InputRules, receive_limit
 from services.shared.interceptors import RequestInterceptor
 from services.shared.introspection import RemoteApiKeyVerifier
@@ -51,8 +52,20 @@ class Resources:
         """A shared channel to a peer service, by name ("tenant", "catalog", ...)."""
         if peer not in self.channels:
             address = getattr(self.settings, f"{peer}_addr")
-            self.channels[peer] = aio.insecure_channel(address)
+            self.channels[peer] = aio.insecure_channel(
+                address, options=peer_channel_options(address)
+            )
         return self.channels[peer]
+
+
+def peer_channel_options(address: str) -> list[tuple[str, str]]:
+    """Round robin over a peer's replicas ("ipv4:a,b" or a "dns:///" name for a headless
+    Service): calls spread, and a dead replica is skipped. One address keeps pick_first:
+    after a restart it reconnects on the next call, where round robin would fail calls
+    fast through its reconnect backoff."""
+    if "," in address or address.startswith("dns:"):
+        return [("grpc.lb_policy_name", "round_robin")]
+    return []
 
 
 Register = Callable[[aio.Server, Resources], Awaitable[None]]
@@ -149,6 +162,10 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
         await server.start()
         for name in ("", *definition.service_names):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        probe_channels: dict[str, aio.Channel] = {}
+        stack.push_async_callback(_close_all, probe_channels)
+        watch = _watch_dependencies(definition, resources, health_servicer, probe_channels)
+        stack.push_async_callback(watch.stop)
         log.info("serving", extra={"fields": {"address": address}})
 
         await _until_signalled()
@@ -157,6 +174,43 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_s)
         log.info("stopped")
+
+
+def _watch_dependencies(
+    definition: ServiceDefinition,
+    resources: Resources,
+    health_servicer: Any,
+    probe_channels: dict[str, aio.Channel],
+) -> DependencyWatch:
+    async def required(up: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *definition.service_names):
+            await health_servicer.set(name, status)
+
+    def probes() -> dict[str, Probe]:
+        # Peers are probed over channels of their own: a probe sent while a peer restarts
+        # puts its channel into reconnect backoff, and requests on the shared channel
+        # would then fail fast for seconds after the peer is back.
+        for peer in resources.channels:
+            if peer not in probe_channels:
+                address = getattr(resources.settings, f"{peer}_addr")
+                probe_channels[peer] = aio.insecure_channel(
+                    address, options=peer_channel_options(address)
+                )
+        return standard_probes(resources.db, resources.redis, probe_channels)
+
+    watch = DependencyWatch(definition.name, probes, required)
+    watch.start()
+    return watch
+
+
+async def _close_all(channels: dict[str, aio.Channel]) -> None:
+    for channel in channels.values():
+        await channel.close(None)
 
 
 async def _close_channels(resources: Resources) -> None:

@@ -24,6 +24,7 @@ BENCHMARKS = (
     "tests.bench.strict_input",
     "tests.bench.strict_json",
     "tests.bench.prefix",
+    "tests.bench.failover",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -49,6 +50,9 @@ SUMMARY = (
     "prefix_redirect_p99_ms",
     "prefix_vs_floor_throughput",
     "prefix_logged_ratio",
+    "failover_seconds",
+    "analytics_rss_mb_success",
+    "analytics_rss_mb_failing",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 

@@ -27,11 +27,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from pydantic import Field
 
+from services.analytics import ingest_health
 from services.analytics.counting import (
     DAY_US,
     CountingSettings,
@@ -65,6 +66,7 @@ from services.shared.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from services.shared.leases import PeriodicLease
 from services.shared.server import Resources
 
 log = logging.getLogger("podmesh.analytics.ingest")
@@ -90,6 +92,8 @@ class IngestSettings(Settings):
     # How long a tenant's settings and quotas, and its counting filters, are cached.
     tenant_settings_ttl_s: float = Field(default=30.0, gt=0)
     maintenance_interval_s: float = Field(default=3600.0, gt=0)
+    # What the per-key rate limit does while Redis is down (see ingest_limits).
+    ingest_rate_limit_without_redis: Literal["open", "closed"] = "open"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +163,15 @@ class Ingestor:
 
     # --- upkeep ---------------------------------------------------------------------
 
-    def start_upkeep(self) -> None:
-        """Runs `upkeep` now and every `maintenance_interval_s` while the process lives."""
-        self._upkeep = asyncio.create_task(self._upkeep_loop())
+    def start_upkeep(self, lease: PeriodicLease) -> None:
+        """Runs `upkeep` now and every `maintenance_interval_s` while the process lives,
+        on one replica per interval (the lease's holder)."""
+        self._upkeep = asyncio.create_task(self._upkeep_loop(lease))
 
-    async def _upkeep_loop(self) -> None:
+    async def _upkeep_loop(self, lease: PeriodicLease) -> None:
         while True:
             try:
-                await self.upkeep()
+                await lease.run(self.upkeep)
             except Exception:
                 log.exception("ingestion upkeep failed; trying again next round")
             await asyncio.sleep(self._settings.maintenance_interval_s)
@@ -279,6 +284,9 @@ class Ingestor:
             return await self._ingest_batch(
                 tenant_id, principal, records, credentials, after, queued
             )
+        except Exception as error:
+            ingest_health.batch_failed(error)
+            raise
         finally:
             if queued is not None:
                 queued.set()
@@ -427,6 +435,7 @@ class Ingestor:
         try:
             await self._commit_group(tenant_id, committer, group, handoff, previous)
         except Exception as error:
+            ingest_health.observe_failure(error)
             if len(group) > 1 and not isinstance(error, Unavailable):
                 # One batch's problem (a quota it passes, a bug it triggers) must not
                 # fail the batches it happened to share a transaction with.
@@ -471,6 +480,7 @@ class Ingestor:
         result = await self._store.commit(
             tenant_id, [p.batch for p in group], counting, watermark_us, handoff, previous
         )
+        ingest_health.observe_commit(p.batch for p in group)
         for pending, arrivals in zip(group, result.arrivals, strict=True):
             if not pending.done.done():
                 pending.done.set_result(arrivals)
@@ -568,7 +578,10 @@ async def build_ingestion(
         episodes,
         tenants,
         counting_settings,
-        RateLimiter(resources.redis),
+        RateLimiter(
+            resources.redis,
+            open_without_redis=settings.ingest_rate_limit_without_redis == "open",
+        ),
         live_counters,
         settings,
     )
@@ -581,7 +594,11 @@ async def build_ingestion(
         retention_days=settings.raw_retention_days,
         grace_hours=settings.counting_grace_hours,
     )
-    ingestor.start_upkeep()
+    ingestor.start_upkeep(
+        PeriodicLease(
+            resources.db, resources.redis, "analytics", "upkeep", settings.maintenance_interval_s
+        )
+    )
     # Each request allocates a dozen short-lived objects and batches in flight live long
     # enough to be promoted, so with the default thresholds (700, 10, 10) the cyclic
     # collector took about a seventh of the process's time under load (py-spy). Objects

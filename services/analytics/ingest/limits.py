@@ -1,10 +1,13 @@
-"""The per-key rate limit on ingestion: a token bucket in Redis that fails open.
+"""The per-key rate limit on ingestion: a token bucket in Redis.
 
 Every batch (a stream message or an IngestListenerEvents call) is one request against
 the caller's bucket: `api_key_requests_per_second` tokens a second, a burst of twice
-that. Redis is never what stops ingestion: while it is unreachable batches pass
-unlimited, and after a failure it is not asked again for a few seconds, so a dead
-Redis costs one timeout, not one per batch.
+that. While Redis is unreachable the limiter does what
+PODMESH_INGEST_RATE_LIMIT_WITHOUT_REDIS says: "open" (the default) lets batches pass
+unlimited, so Redis is never what stops ingestion; "closed" refuses them as rate
+limited, for operators who would rather lose ingestion than the limit. After a
+failure Redis is not asked again for a few seconds, so a dead Redis costs one timeout,
+not one per batch.
 """
 
 from __future__ import annotations
@@ -44,24 +47,39 @@ return taken
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, *, open_without_redis: bool = True) -> None:
         self._take = redis.register_script(_TAKE)
         self._skip_until = 0.0
+        self._open_without_redis = open_without_redis
+        # Logged once per outage, not once per retry.
+        self._down = False
 
     async def allow(self, subject: str, per_second: int) -> bool:
-        """Takes one request from `subject`'s bucket; True when it had one (or Redis is down)."""
+        """Takes one request from `subject`'s bucket; True when it had one, and while
+        Redis is down when the limiter fails open."""
         now = time.monotonic()
         if now < self._skip_until:
-            return True
+            return self._open_without_redis
         try:
             taken = await self._take(
                 keys=[f"ratelimit:ingest:{subject}"], args=[per_second, 2 * per_second, 1]
             )
         except REDIS_ERRORS as error:
             self._skip_until = now + RETRY_AFTER_FAILURE_S
+            if self._down:
+                return self._open_without_redis
+            self._down = True
             log.warning(
                 "rate limit not checked: Redis unavailable",
-                extra={"fields": {"error": repr(error)}},
+                extra={
+                    "fields": {
+                        "error": repr(error),
+                        "batches": "let through" if self._open_without_redis else "refused",
+                    }
+                },
             )
-            return True
+            return self._open_without_redis
+        if self._down:
+            self._down = False
+            log.warning("rate limit checked again: Redis answers")
         return bool(taken)

@@ -132,6 +132,8 @@ class LiveRecorder:
         self._redis = redis
         # Days whose increments a failed write lost, to be repaired from PostgreSQL.
         self._lost: dict[uuid.UUID, set[date]] = defaultdict(set)
+        # Logged once per outage, not once per batch (podmesh_dependency_up tracks it).
+        self._failing = False
 
     async def record_batch(
         self,
@@ -187,8 +189,16 @@ class LiveRecorder:
             await pipe.execute()
         except REDIS_ERRORS as error:
             self._lost[tenant_id].update(per_day)
-            log.warning("live counters not updated", extra={"fields": {"error": repr(error)}})
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "live counters not updated until Redis answers again",
+                    extra={"fields": {"error": repr(error)}},
+                )
             return False
+        if self._failing:
+            self._failing = False
+            log.warning("live counters updated again")
         self._lost.pop(tenant_id, None)
         return True
 
