@@ -76,8 +76,12 @@ class RemoteApiKeyVerifier:
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
+            # Waits out a tenant service that is restarting, within the deadline, rather
+            # than refusing every caller while the channel reconnects.
             response = await self._stub.IntrospectCredential(
-                tenant_pb2.IntrospectCredentialRequest(credential=credential), timeout=5
+                tenant_pb2.IntrospectCredentialRequest(credential=credential),
+                timeout=5,
+                wait_for_ready=True,
             )
         except grpc.RpcError as error:
             raise Unavailable("the tenant service cannot verify credentials now") from error

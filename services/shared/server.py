@@ -58,14 +58,24 @@ class Resources:
         return self.channels[peer]
 
 
-def peer_channel_options(address: str) -> list[tuple[str, str]]:
+# gRPC's default reconnect backoff grows to two minutes: a peer that restarted would be
+# unreachable from here long after it serves again. Peers are on the same network.
+_RECONNECT_BACKOFF: list[tuple[str, str | int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def peer_channel_options(address: str) -> list[tuple[str, str | int]]:
     """Round robin over a peer's replicas ("ipv4:a,b" or a "dns:///" name for a headless
     Service): calls spread, and a dead replica is skipped. One address keeps pick_first:
     after a restart it reconnects on the next call, where round robin would fail calls
-    fast through its reconnect backoff."""
+    fast through its reconnect backoff. Either way reconnects are retried within a
+    second."""
     if "," in address or address.startswith("dns:"):
-        return [("grpc.lb_policy_name", "round_robin")]
-    return []
+        return [("grpc.lb_policy_name", "round_robin"), *_RECONNECT_BACKOFF]
+    return list(_RECONNECT_BACKOFF)
 
 
 Register = Callable[[aio.Server, Resources], Awaitable[None]]

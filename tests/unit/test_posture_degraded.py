@@ -54,7 +54,12 @@ async def test_transitions_are_logged_once_and_postgres_decides_health(
 
 
 def test_peers_are_balanced_only_over_several_replicas() -> None:
-    assert peer_channel_options("127.0.0.1:50052") == []
-    balanced = [("grpc.lb_policy_name", "round_robin")]
-    assert peer_channel_options("ipv4:127.0.0.1:50052,127.0.0.1:50152") == balanced
-    assert peer_channel_options("dns:///catalog:50052") == balanced
+    single = dict(peer_channel_options("127.0.0.1:50052"))
+    assert "grpc.lb_policy_name" not in single
+    for address in ("ipv4:127.0.0.1:50052,127.0.0.1:50152", "dns:///catalog:50052"):
+        assert dict(peer_channel_options(address))["grpc.lb_policy_name"] == "round_robin"
+
+
+def test_a_restarted_peer_is_reached_again_within_a_second() -> None:
+    for address in ("127.0.0.1:50052", "ipv4:127.0.0.1:50052,127.0.0.1:50152"):
+        assert dict(peer_channel_options(address))["grpc.max_reconnect_backoff_ms"] <= 1000
