@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from devstack.procs import free_ports
-from services.analytics.ingest_limits import RateLimiter
+from services.analytics.ingest.limits import RateLimiter
 from services.shared.server import create_redis
 
 

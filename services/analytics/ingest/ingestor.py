@@ -32,7 +32,6 @@ from typing import Any, Literal
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from pydantic import Field
 
-from services.analytics import ingest_health
 from services.analytics.counting import (
     DAY_US,
     CountingSettings,
@@ -41,6 +40,7 @@ from services.analytics.counting import (
     compile_rules,
 )
 from services.analytics.counting_settings import CountingSettingsStore
+from services.analytics.ingest import health as ingest_health
 from services.analytics.ingest.episodes import EpisodeResolver
 from services.analytics.ingest.limits import RateLimiter
 from services.analytics.ingest.rebuild import CountRebuilder

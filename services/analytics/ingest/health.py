@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge
 
-from services.analytics.ingest_store import StagedBatch
+from services.analytics.ingest.store import StagedBatch
 
 LAST_COMMIT = Gauge(
     "podmesh_ingest_last_commit_timestamp_seconds",
