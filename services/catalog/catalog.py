@@ -40,6 +40,7 @@ from services.catalog.feeds import (
 from services.catalog.fetch import Fetcher, FetchError, FetchFailure
 from services.catalog.importer import merge_podcast, prepare_episodes
 from services.catalog.imports import ImportGate, Offloader
+from services.catalog.peers import PodcastQuota
 from services.catalog.text import (
     add_terms,
     correctable,
@@ -60,8 +61,10 @@ from services.shared.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from services.shared.pagination import PageTokens, split_page
+from services.shared.peers import Metadata
 from services.shared.validation import Violations, mask_paths
 
 # TF-IDF ranks each podcast's most frequent terms only: a term outside them
@@ -111,8 +114,10 @@ class Catalog:
         fetcher: Fetcher,
         settings: CatalogSettings,
         offloader: Offloader,
+        quota: PodcastQuota,
     ) -> None:
         self._db = db
+        self._quota = quota
         self._tokens = page_tokens
         self._fetcher = fetcher
         self._settings = settings
@@ -123,10 +128,14 @@ class Catalog:
 
     # Podcasts
 
-    async def create_podcast(self, tenant_id: uuid.UUID, podcast: Podcast) -> Podcast:
+    async def create_podcast(
+        self, tenant_id: uuid.UUID, podcast: Podcast, credentials: Metadata
+    ) -> Podcast:
         podcast = validate_podcast(replace(podcast, id=uuid.uuid4()))
         terms = text_terms(podcast.title, podcast.description)
+        limit = await self._quota.max_podcasts(tenant_id, credentials)
         async with self._db.tenant_transaction(tenant_id) as conn:
+            await _admit_podcast(conn, tenant_id, limit)
             await repo.insert_podcast(conn, tenant_id, podcast, terms)
             await repo.apply_term_delta(conn, tenant_id, podcast.id, terms)
             await _refresh_keywords(conn, [podcast.id], podcasts_changed=True)
@@ -425,9 +434,12 @@ class Catalog:
         source: FeedSource,
         podcast_id: uuid.UUID | None,
         validate_only: bool,
+        credentials: Metadata,
     ) -> ImportResult:
         with self._imports.admit(tenant_id):
-            return await self._import_feed(tenant_id, source, podcast_id, validate_only)
+            return await self._import_feed(
+                tenant_id, source, podcast_id, validate_only, credentials
+            )
 
     async def _import_feed(
         self,
@@ -435,8 +447,12 @@ class Catalog:
         source: FeedSource,
         podcast_id: uuid.UUID | None,
         validate_only: bool,
+        credentials: Metadata,
     ) -> ImportResult:
         parsed = await self._offloader.run(parse_feed, await self._feed_body(source))
+        # Asked before the transaction, which holds the tenant's import lock: only an
+        # import not naming its podcast can create one.
+        limit = await self._quota.max_podcasts(tenant_id, credentials) if podcast_id is None else 0
         async with self._db.tenant_transaction(tenant_id) as conn:
             # Imports of one tenant take turns (here and in other catalog
             # processes): two imports of one new feed must not both create its podcast.
@@ -447,7 +463,7 @@ class Catalog:
             attempt = conn.transaction()
             await attempt.start()
             try:
-                result = await self._import(conn, tenant_id, source.url, parsed, podcast_id)
+                result = await self._import(conn, tenant_id, source.url, parsed, podcast_id, limit)
             except BaseException:
                 await attempt.rollback()
                 raise
@@ -499,6 +515,7 @@ class Catalog:
         feed_url: str,
         parsed: ParsedFeed,
         podcast_id: uuid.UUID | None,
+        podcast_limit: int,
     ) -> ImportResult:
         urls = {try_normalize_media_url(item.media_url) or "" for item in parsed.items}
         owners = await repo.media_url_owners(conn, list(urls))
@@ -512,6 +529,7 @@ class Catalog:
         changes = _TermChanges()
         words = text_terms(podcast.title, podcast.description)
         if current is None:
+            await _admit_podcast(conn, tenant_id, podcast_limit)
             await repo.insert_podcast(conn, tenant_id, podcast, words)
             changes.add(podcast.id, words)
         elif podcast.descriptive_fields() != current.descriptive_fields():
@@ -695,6 +713,24 @@ async def _podcast_or_fail(conn: repo.Conn, podcast_id: uuid.UUID) -> Podcast:
     if podcast is None:
         raise NotFound("podcast", str(podcast_id))
     return podcast
+
+
+async def _admit_podcast(conn: repo.Conn, tenant_id: uuid.UUID, limit: int) -> None:
+    """Refuses a new podcast past the tenant's quota (0: no limit)."""
+    if limit <= 0:
+        return
+    # Creations of one tenant's podcasts take turns until commit (here and in other
+    # catalog processes), so two of them cannot both count the last free place.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        f"catalog-podcasts:{tenant_id}",
+    )
+    if await repo.count_podcasts(conn, tenant_id) >= limit:
+        raise ResourceExhausted(
+            f"the tenant's plan allows {limit} podcasts; delete one or change the plan",
+            reason="PODCAST_QUOTA_EXCEEDED",
+            metadata={"limit": str(limit)},
+        )
 
 
 async def _lock_podcast(conn: repo.Conn, podcast_id: uuid.UUID) -> Podcast:

@@ -34,5 +34,8 @@ class CatalogSettings(Settings):
     # Where feeds are parsed and imports planned, off the event loop: "process"
     # (worker processes) or "thread" (which still holds the GIL from the loop).
     feed_offload: Offload = "process"
+    # How long the tenant's podcast quota, read from the tenant service, is trusted:
+    # a plan change reaches the catalog within this.
+    tenant_quota_ttl_s: float = Field(default=30.0, gt=0)
     # How often audit records go to the tenant service's audit log.
     audit_relay_interval_s: float = Field(default=1.0, gt=0)

@@ -333,6 +333,13 @@ async def count_episodes(conn: Conn, podcast_id: uuid.UUID) -> int:
     )
 
 
+async def count_podcasts(conn: Conn, tenant_id: uuid.UUID) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM podcasts WHERE tenant_id = $1", tenant_id
+    )
+    return count
+
+
 async def delete_podcast(conn: Conn, podcast_id: uuid.UUID) -> None:
     # Episodes and terms go with it (ON DELETE CASCADE).
     await conn.execute("DELETE FROM podcasts WHERE podcast_id = $1", podcast_id)

@@ -10,6 +10,7 @@ from services.catalog.catalog import Catalog
 from services.catalog.config import CatalogSettings
 from services.catalog.fetch import Fetcher, any_address, is_public
 from services.catalog.imports import Offloader
+from services.catalog.peers import TenantQuotas
 from services.catalog.permissions import RULES, SERVICE, inputs
 from services.catalog.repository import AUDIT
 from services.catalog.servicer import CatalogServicer
@@ -26,7 +27,8 @@ async def register(server: aio.Server, resources: Resources) -> None:
         address_allowed=any_address if settings.feed_allow_private_addresses else is_public,
     )
     offloader = Offloader(settings.feed_offload, settings.imports_max_concurrent)
-    catalog = Catalog(resources.db, resources.page_tokens, fetcher, settings, offloader)
+    quota = TenantQuotas(resources.channel("tenant"), settings.tenant_quota_ttl_s)
+    catalog = Catalog(resources.db, resources.page_tokens, fetcher, settings, offloader, quota)
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server)
     start_relay(resources, AUDIT, settings.audit_relay_interval_s)
 

@@ -22,6 +22,7 @@ from services.catalog.domain import (
     PodcastFilter,
     PodcastType,
 )
+from services.catalog.peers import credentials
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
 from services.shared.measurement_prefix import prefix_id
@@ -233,7 +234,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: pb.CreatePodcastRequest, context: Any
     ) -> pb.CreatePodcastResponse:
         podcast = await self._catalog.create_podcast(
-            current_tenant_id(), podcast_from_pb(request.podcast)
+            current_tenant_id(), podcast_from_pb(request.podcast), credentials(context)
         )
         return pb.CreatePodcastResponse(podcast=podcast_to_pb(podcast))
 
@@ -388,6 +389,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             else FeedSource(body=request.feed_body),
             _optional_uuid(request.podcast_id, "podcast_id"),
             request.validate_only,
+            credentials(context),
         )
         return import_to_pb(result)
 
