@@ -28,8 +28,6 @@ from services.shared.timezones import UTC_NAMES, is_time_zone
 log = logging.getLogger("podmesh.analytics.peers")
 
 Metadata = tuple[tuple[str, str], ...]
-# Headers that carry a credential (see services.shared.interceptors).
-CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 PEER_TIMEOUT_S = 5.0
 # The catalog's page size limit; the podcast median reads at most this many pages.
 _EPISODE_PAGE = 200

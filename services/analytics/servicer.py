@@ -26,7 +26,6 @@ from services.analytics.counting_settings import (
 from services.analytics.ingest.ingestor import Ingestor
 from services.analytics.ingest.rebuild import CountRebuilder
 from services.analytics.live.watch import LiveCounters, LiveWatcher
-from services.analytics.peers import CREDENTIAL_HEADERS, Metadata
 from services.analytics.queries.ad_deliveries import AdDeliveryCounter, SlotRange
 from services.analytics.queries.funnel_report import funnel_to_pb
 from services.analytics.queries.ingest_usage import IngestUsageReader, month_start
@@ -36,6 +35,7 @@ from services.analytics.queries.report_cache import ReportCache
 from services.analytics.queries.reports import Methodology, MetricPoint, MetricsQuery, Report
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
+from services.shared.peers import credentials
 from services.shared.validation import parse_uuid
 
 DIRECTION_TO_PB = {
@@ -61,15 +61,6 @@ def instant(message: Message, field: str) -> datetime | None:
 
 def optional_uuid(value: str, field: str) -> uuid.UUID | None:
     return parse_uuid(value, field) if value else None
-
-
-def credentials(context: Any) -> Metadata:
-    """The caller's credential, forwarded to peers so they act for the caller."""
-    return tuple(
-        (key, value)
-        for key, value in context.invocation_metadata() or ()
-        if key in CREDENTIAL_HEADERS and isinstance(value, str)
-    )
 
 
 def metrics_query(request: pb.QueryMetricsRequest | pb.ExportMetricsRequest) -> MetricsQuery:

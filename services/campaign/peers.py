@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 import grpc
 from grpc import aio
@@ -21,7 +20,6 @@ from services.shared.peers import Metadata, forwarded, peer_error
 PEER_TIMEOUT_S = 5.0
 # Counting a large campaign's deliveries reads a day per placement per day of flight.
 DELIVERIES_TIMEOUT_S = 15.0
-CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 _PODCAST_PAGE = 200
 _MAX_PODCAST_PAGES = 10
 
@@ -266,13 +264,3 @@ class Analytics:
         except grpc.aio.AioRpcError as error:
             raise peer_error(error, "analytics", not_found=("podcast", str(podcast_id))) from None
         return {p.dimension_value: p.downloads for p in response.totals}
-
-
-def credentials(context: Any) -> Metadata:
-    """The caller's credential, forwarded to peers so they act for the caller."""
-    metadata = context.invocation_metadata() or ()
-    return tuple(
-        (key, value)
-        for key, value in metadata
-        if key in CREDENTIAL_HEADERS and isinstance(value, str)
-    )

@@ -31,10 +31,10 @@ from services.campaign.domain import (
 )
 from services.campaign.matching import Match
 from services.campaign.pacing import Pacing
-from services.campaign.peers import credentials
 from services.campaign.placements import BookingRequest
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
+from services.shared.peers import credentials
 from services.shared.protobuf import from_timestamp, timestamp
 from services.shared.validation import Violations, page_size, parse_uuid
 

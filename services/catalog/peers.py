@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 from grpc import aio
@@ -16,17 +16,6 @@ from services.shared.peers import Metadata, forwarded, peer_error
 log = logging.getLogger("podmesh.catalog.peers")
 
 PEER_TIMEOUT_S = 5.0
-CREDENTIAL_HEADERS = ("authorization", "x-api-key")
-
-
-def credentials(context: Any) -> Metadata:
-    """The caller's credential, forwarded so the tenant service answers for the caller."""
-    metadata = context.invocation_metadata() or ()
-    return tuple(
-        (key, value)
-        for key, value in metadata
-        if key in CREDENTIAL_HEADERS and isinstance(value, str)
-    )
 
 
 class PodcastQuota(Protocol):

@@ -22,10 +22,10 @@ from services.catalog.domain import (
     PodcastFilter,
     PodcastType,
 )
-from services.catalog.peers import credentials
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
 from services.shared.measurement_prefix import prefix_id
+from services.shared.peers import credentials
 from services.shared.protobuf import duration, from_timestamp, milliseconds, timestamp
 from services.shared.validation import Violations, page_size, parse_uuid
 

@@ -4,6 +4,7 @@ same reading of its errors, from every service."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -17,6 +18,18 @@ from services.shared.errors import (
 )
 
 Metadata = Sequence[tuple[str, str]]
+# Headers that carry a credential (see services.shared.interceptors).
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+
+
+def credentials(context: Any) -> tuple[tuple[str, str], ...]:
+    """The caller's credential from a servicer context, to forward to peers so they act
+    for the caller."""
+    return tuple(
+        (key, value)
+        for key, value in context.invocation_metadata() or ()
+        if key in CREDENTIAL_HEADERS and isinstance(value, str)
+    )
 
 
 def forwarded(credentials: Metadata) -> tuple[tuple[str, str], ...]:
