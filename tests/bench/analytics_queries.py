@@ -29,7 +29,6 @@ import datetime as dt
 import itertools
 import json
 import os
-import re
 import resource
 import shutil
 import string
@@ -47,6 +46,7 @@ from google.protobuf import json_format
 
 from devstack.stack import GEN_DIR, ROOT, PortPlan, Stack, ensure_generated
 from tests.bench import scale
+from tests.bench.wrk import BenchError, run_wrk
 
 # `make bench` runs this as a plain module: the generated code is not on the path yet.
 ensure_generated()
@@ -96,7 +96,6 @@ VIEW = "METRICS_VIEW_SERIES"
 VIEWS = ("METRICS_VIEW_POINTS", "METRICS_VIEW_SERIES")
 CACHE_OFF = {"PODMESH_QUERY_CACHE_BYTES": "0"}
 
-WRK_RESULT = re.compile(r"^wrk_result (.*)$", re.MULTILINE)
 # Per wrk thread (each has its own Lua state): a turn over the paths, and the count of
 # answers with another status than expected, which done() sums over the threads.
 LUA = string.Template(
@@ -143,10 +142,6 @@ function done(summary, latency, requests)
 end
 """
 )
-
-
-class BenchError(Exception):
-    """The run cannot give figures worth printing."""
 
 
 def rfc3339(time_us: int) -> str:
@@ -365,34 +360,9 @@ def lua_script(paths: Sequence[str], credential: str | None, expect: int) -> str
 
 
 async def wrk(script: Path, url: str, seconds: int) -> dict[str, int]:
-    """One wrk run; refuses a run with any unexpected status or socket error."""
-    process = await asyncio.create_subprocess_exec(
-        "wrk",
-        "--threads", str(THREADS),
-        "--connections", str(CONNECTIONS),
-        "--duration", f"{seconds}s",
-        "--timeout", WRK_TIMEOUT,
-        "--script", str(script),
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await process.communicate()
-    found = WRK_RESULT.search(out.decode())
-    if process.returncode != 0 or found is None:
-        raise BenchError(f"wrk exited with {process.returncode}: {(out + err).decode()[-1000:]}")
-    result = {name: int(value) for name, value in (pair.split("=") for pair in found[1].split())}
-    failed = {
-        name: result[name]
-        for name in ("unexpected", "connect", "read", "write", "timeout")
-        if result[name]
-    }
-    if failed:
-        raise BenchError(
-            f"{script.stem}: of {result['requests']} requests, failures {failed} "
-            f"(unexpected: another status than the script expects)"
-        )
-    return result
+    return await run_wrk(
+        script, url, seconds, threads=THREADS, connections=CONNECTIONS, request_timeout=WRK_TIMEOUT
+    )
 
 
 async def measure(

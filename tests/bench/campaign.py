@@ -43,9 +43,9 @@ from tests.bench.analytics_queries import (  # noqa: E402
     EPISODES_EACH,
     FULL_SIZE,
     PODCASTS,
-    BenchError,
     seed,
 )
+from tests.bench.wrk import BenchError  # noqa: E402
 from tests.support import bearer, create_tenant  # noqa: E402
 
 CLIENTS = 16

@@ -29,6 +29,7 @@ import httpx
 
 from devstack.stack import GEN_DIR, REDIRECT_FLOOR_ENV, ROOT, PortPlan, Stack, ensure_generated
 from tests.bench import scale
+from tests.bench.wrk import BenchError, run_wrk
 
 # `make bench` runs this as a plain module: the generated code is not on the path yet.
 ensure_generated()
@@ -52,7 +53,6 @@ KILL_BURST = 500
 SETTLE_S = 5.0
 USER_AGENT = "AppleCoreMedia/1.0.0.20E252 (iPhone; U; CPU OS 16_4 like Mac OS X; en_us)"
 
-WRK_RESULT = re.compile(r"^wrk_result (.*)$", re.MULTILINE)
 LUA = """\
 local threads = {}
 function setup(thread)
@@ -84,35 +84,10 @@ end
 """
 
 
-class BenchError(Exception):
-    """The run cannot give figures worth printing."""
-
-
 async def wrk(script: Path, url: str, seconds: int) -> dict[str, int]:
-    process = await asyncio.create_subprocess_exec(
-        "wrk",
-        "--threads", str(THREADS),
-        "--connections", str(CONNECTIONS),
-        "--duration", f"{seconds}s",
-        "--timeout", WRK_TIMEOUT,
-        "--script", str(script),
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await process.communicate()
-    found = WRK_RESULT.search(out.decode())
-    if process.returncode != 0 or found is None:
-        raise BenchError(f"wrk exited with {process.returncode}: {(out + err).decode()[-1000:]}")
-    result = {name: int(value) for name, value in (pair.split("=") for pair in found[1].split())}
-    failed = {
-        name: result[name]
-        for name in ("unexpected", "connect", "read", "write", "timeout")
-        if result[name]
-    }
-    if failed:
-        raise BenchError(f"of {result['requests']} requests to {url}: failures {failed}")
-    return result
+    return await run_wrk(
+        script, url, seconds, threads=THREADS, connections=CONNECTIONS, request_timeout=WRK_TIMEOUT
+    )
 
 
 async def measure(stack: Stack, name: str, url: str, seconds: int) -> tuple[float, float]:
