@@ -17,7 +17,7 @@ from podmesh.catalog.v1 import catalog_pb2
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from devstack.stack import Stack
-from services.analytics.counting.ip import IpHasher
+from services.shared.client_ip import IpHasher
 from services.shared.measurement_prefix import prefix_id, prefixed_url
 from tests.integration.conftest import CatalogStub
 from tests.prefix_support import MEDIA, MediaServer

@@ -32,6 +32,8 @@ facts, the one-minute threshold), :mod:`.downloads` (batch counting),
 :mod:`.listeners` (unique listeners), :mod:`.settings` (per-tenant settings).
 """
 
+from services.shared.client_ip import InvalidIpError, IpExclusions, IpHasher, normalise_ip, parse_ip
+
 from .accumulator import CountDelta, DownloadAccumulator, WindowState
 from .ads import delivered_slots
 from .downloads import CountResult, count_downloads, is_download, is_full_response
@@ -43,7 +45,6 @@ from .filters import (
     flag_implausible_volume,
     is_apple_watch,
 )
-from .ip import InvalidIpError, IpExclusions, IpHasher, normalise_ip, parse_ip
 from .listeners import Period, hll_member, listeners_by_period, period_start
 from .media import AdInsertion, AdSlot, EpisodeMedia
 from .ranges import (

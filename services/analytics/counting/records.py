@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from .ip import IpExclusions, IpHasher
+from services.shared.client_ip import IpExclusions, IpHasher
+
 from .user_agents import DeviceClass
 from .windows import from_us
 

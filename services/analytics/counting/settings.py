@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from services.shared.client_ip import IpExclusions
+
 from .filters import RequestFilter
-from .ip import IpExclusions
 from .user_agents import UserAgentClassifier, default_classifier
 from .windows import CalendarDays, CountingWindow
 

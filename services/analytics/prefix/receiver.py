@@ -23,11 +23,11 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from grpc import aio
 
 from services.analytics.counting.filters import RequestFilter
-from services.analytics.counting.ip import InvalidIpError, IpHasher
 from services.analytics.peers import TenantProfile
 from services.analytics.prefix.entries import PrefixHit, prefix_hit
 from services.analytics.prefix.methodology import prefix_filter_reason, window_day
 from services.shared.auth import MethodRule, Permission
+from services.shared.client_ip import InvalidIpError, IpHasher
 from services.shared.db import Database
 from services.shared.errors import DomainError, NotFound
 from services.shared.inputs import MIB, InputRule, InputRules

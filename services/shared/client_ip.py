@@ -1,4 +1,5 @@
-"""Client IPs: normalisation, keyed hashing into listener and household ids, exclusions.
+"""Client IPs, shared by every service that sees them: normalisation, keyed hashing
+into listener and household ids (analytics and attribution must agree on them), exclusions.
 
 Raw IPs are never kept: ingestion turns the client IP into ids on arrival and
 stores only those. For the same reason nothing here caches by IP, so no raw
