@@ -9,7 +9,6 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -240,19 +239,3 @@ def main(definition: ServiceDefinition) -> None:
     import uvloop
 
     uvloop.run(serve(definition))
-
-
-async def _register_nothing(server: aio.Server, resources: Resources) -> None:
-    return None
-
-
-def contract_only(name: str, pb2_module: ModuleType) -> ServiceDefinition:
-    """A service whose contract exists but whose RPCs are not built yet.
-
-    With no servicer registered, gRPC answers UNIMPLEMENTED for each RPC, while
-    health and reflection (which reads the imported descriptors) already work.
-    """
-    (service,) = pb2_module.DESCRIPTOR.services_by_name.values()
-    return ServiceDefinition(
-        name=name, service_names=(service.full_name,), rules={}, register=_register_nothing
-    )
