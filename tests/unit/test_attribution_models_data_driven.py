@@ -5,6 +5,7 @@ channel weights become one conversion's credits."""
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from math import factorial
@@ -288,3 +289,13 @@ def test_nothing_converted_gives_zero_weights_and_linear_credits() -> None:
         assert dict(fitted) == {"a": 0, "b": 0}
         touches = [Touchpoint("1", 1.0, "a"), Touchpoint("2", 2.0, "b")]
         assert credits(model, touches, 3.0, channel_weights=fitted) == [Fraction(1, 2)] * 2
+
+
+@settings(deadline=None)
+@given(path_sets, st.randoms(use_true_random=False))
+def test_the_order_of_the_paths_never_changes_a_fit(paths: list[Path], rng: random.Random) -> None:
+    shuffled = list(paths)
+    rng.shuffle(shuffled)
+    for fit in (fit_markov, fit_shapley):
+        assert dict(fit(shuffled)) == dict(fit(paths))
+        assert fit(shuffled).removal_effects == fit(paths).removal_effects
