@@ -298,7 +298,8 @@ def test_time_decay_worked_example_of_a_five_touch_deal() -> None:
 
 def test_position_based_worked_example_of_a_five_touch_deal() -> None:
     """Published: $4,800 to the first and the last touch, $800 to each of the three
-    middle ones; the same 40/20/40 rule Google Ads documents for position based."""
+    middle ones; the 40/20/40 rule Google Ads documents for position based
+    (GOOGLE_SEARCH_ATTRIBUTION_POSITION_BASED in the AttributionModel reference cited above)."""
     cents = allocate_minor(DEAL_CENTS, credit(Model.POSITION_BASED, deal(), 38 * DAY))
     assert cents == [4_800_00, 800_00, 800_00, 800_00, 4_800_00]
     linear = allocate_minor(DEAL_CENTS, credit(Model.LINEAR, deal(), 38 * DAY))
