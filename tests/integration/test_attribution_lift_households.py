@@ -18,6 +18,8 @@ from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from devstack.stack import Stack
 from services.analytics.queries.households import CHUNK_IDS
+from services.attribution.lift.control import ExposedHouseholds, campaign_lift
+from services.attribution.lift.statistics import LiftUnavailable
 from services.attribution.peers import Analytics
 from services.shared.client_ip import IpHasher
 from services.shared.errors import PermissionDenied
@@ -171,6 +173,20 @@ async def test_the_attribution_client_reads_them_directly(
             for household in chunk
         ]
         assert sorted(got) == sorted(hasher.household_id(ip) for ip, _ in B_LISTENERS)
+        # The campaign's lift: 150 exposed households, one of which (203.0.113.20)
+        # downloaded both podcasts, so 4 of the 5 downloaders are control.
+        exposed = {os.urandom(16) for _ in range(149)} | {hasher.household_id("203.0.113.20")}
+        lift = await campaign_lift(
+            analytics,
+            bearer(seeded.tenant.owner_key),
+            [uuid.UUID(podcast_id(seeded, 0)), uuid.UUID(podcast_id(seeded, 1))],
+            now - timedelta(days=1),
+            now,
+            ExposedHouseholds(exposed, frozenset(), frozenset()),
+            frozenset(),
+            frozenset(),
+        )
+        assert lift == LiftUnavailable("control group has 4 households; at least 100 needed")
         with pytest.raises(PermissionDenied):
             async for _ in analytics.podcast_households(
                 [uuid.UUID(podcast_id(seeded, 1))],

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.attribution.lift.control import ControlGroup, ExposedHouseholds, build_lift
+from services.attribution.lift.control import (
+    ControlGroup,
+    ExposedHouseholds,
+    build_lift,
+    campaign_lift,
+)
 from services.attribution.lift.messages import lift_to_pb
 from services.attribution.lift.statistics import (
     GroupCounts,
@@ -16,6 +24,7 @@ from services.attribution.lift.statistics import (
     LiftUnavailable,
     estimate_lift,
 )
+from services.shared.peers import Metadata
 
 
 def household(n: int) -> bytes:
@@ -122,3 +131,40 @@ def test_unavailable_lift_is_unset_with_its_reason() -> None:
         None,
         "control group has 12 households; at least 100 needed",
     )
+
+
+class ChunkedDownloaders:
+    """Analytics' answer, in chunks of 256, and what it was asked."""
+
+    def __init__(self, downloaders: list[bytes]) -> None:
+        self._downloaders = downloaders
+        self.asked: list[tuple[uuid.UUID, ...]] = []
+
+    async def podcast_households(
+        self,
+        podcast_ids: Sequence[uuid.UUID],
+        start: datetime,
+        end: datetime,
+        credentials: Metadata,
+    ) -> AsyncIterator[list[bytes]]:
+        self.asked.append(tuple(podcast_ids))
+        for i in range(0, len(self._downloaders), 256):
+            yield self._downloaders[i : i + 256]
+
+
+async def test_campaign_lift_streams_the_control_group() -> None:
+    source = ChunkedDownloaders(DOWNLOADERS)
+    podcast = uuid.uuid4()
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    result = await campaign_lift(
+        source, (), [podcast], start, start + timedelta(days=7), EXPOSED, SITE_VISITORS,
+        SITE_PURCHASERS,
+    )  # fmt: skip
+    assert result == build_lift(EXPOSED, DOWNLOADERS, SITE_VISITORS, SITE_PURCHASERS)
+    assert source.asked == [(podcast,)]
+    # A campaign on no podcast has no control group, and analytics is not asked.
+    none = await campaign_lift(
+        source, (), [], start, start + timedelta(days=7), EXPOSED, SITE_VISITORS, SITE_PURCHASERS
+    )
+    assert none == LiftUnavailable("control group has 0 households; at least 100 needed")
+    assert source.asked == [(podcast,)]

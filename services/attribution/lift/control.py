@@ -18,9 +18,12 @@ once and only counted, so a control group of any size costs no memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
 from services.attribution.lift.statistics import (
     GroupCounts,
@@ -28,6 +31,19 @@ from services.attribution.lift.statistics import (
     LiftUnavailable,
     estimate_lift,
 )
+from services.shared.peers import Metadata
+
+
+class Downloaders(Protocol):
+    """Where the downloaders come from: analytics (services.attribution.peers.Analytics)."""
+
+    def podcast_households(
+        self,
+        podcast_ids: Sequence[uuid.UUID],
+        start: datetime,
+        end: datetime,
+        credentials: Metadata,
+    ) -> AsyncIterator[list[bytes]]: ...
 
 
 @dataclass(frozen=True)
@@ -89,4 +105,23 @@ def build_lift(
     with a purchase (`site_purchasers`) in [start, end + window)."""
     control = ControlGroup(exposed.households, site_visitors, site_purchasers)
     control.add(downloaders)
+    return estimate_lift(exposed.counts(), control.counts())
+
+
+async def campaign_lift(
+    downloaders: Downloaders,
+    credentials: Metadata,
+    podcast_ids: Sequence[uuid.UUID],
+    start: datetime,
+    end: datetime,
+    exposed: ExposedHouseholds,
+    site_visitors: AbstractSet[bytes],
+    site_purchasers: AbstractSet[bytes],
+) -> LiftEstimate | LiftUnavailable:
+    """build_lift with the control group streamed from analytics: the households that
+    downloaded the campaign's podcasts (`podcast_ids`) in [start, end)."""
+    control = ControlGroup(exposed.households, site_visitors, site_purchasers)
+    if podcast_ids:
+        async for chunk in downloaders.podcast_households(podcast_ids, start, end, credentials):
+            control.add(chunk)
     return estimate_lift(exposed.counts(), control.counts())
