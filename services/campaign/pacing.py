@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from services.campaign.domain import (
@@ -61,8 +62,10 @@ class PacingStatus(enum.IntEnum):
     GOAL_MISSED = 6
 
 
-@dataclass(frozen=True)
-class DailyDelivery:
+class DailyDelivery(NamedTuple):
+    """A tuple: a campaign's pacing makes one per line item per day of its flight, and
+    a frozen dataclass took several times as long to make."""
+
     day_start: datetime
     delivered: int
     expected_cumulative: int
@@ -227,7 +230,7 @@ def line_item_pacing(
     days = flight_days(start, end, as_of, zone)
     expected_by_day = expected_series(goal, strategy, start, end, [min(e, end) for _, e in days])
     daily = [
-        DailyDelivery(day_start=day, delivered=local.get(day, 0), expected_cumulative=cumulative)
+        DailyDelivery(day, local.get(day, 0), cumulative)
         for (day, _), cumulative in zip(days, expected_by_day, strict=True)
     ]
     spend, note = spend_of(item, delivered, start, end, as_of)
