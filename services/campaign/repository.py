@@ -650,15 +650,11 @@ class CommitmentTerms:
     booked: bool
 
 
-# Every line item of campaign $1 with the goals of its placements in states $2.
+# Every line item of campaign $1 with what its booked, live and completed placements
+# commit (kept on the line item by a trigger on placements, migration 0055).
 _COMMITMENT_TERMS = """
-    SELECT l.line_item_id, l.pricing_model, l.rate_minor,
-        coalesce(sum(p.impression_goal), 0) AS goal, count(p.placement_id) AS n
-    FROM line_items l
-    LEFT JOIN placements p ON p.tenant_id = l.tenant_id
-        AND p.line_item_id = l.line_item_id AND p.state = ANY($2::int[])
-    WHERE l.campaign_id = $1
-    GROUP BY l.line_item_id, l.pricing_model, l.rate_minor
+    SELECT line_item_id, pricing_model, rate_minor, booked_goal AS goal, booked_placements AS n
+    FROM line_items WHERE campaign_id = $1
 """
 
 
@@ -672,9 +668,8 @@ def _terms(rows: Sequence[Mapping[str, Any]]) -> dict[uuid.UUID, CommitmentTerms
 
 
 async def commitment_terms(conn: Conn, campaign_id: uuid.UUID) -> dict[uuid.UUID, CommitmentTerms]:
-    """Every line item of a campaign with its placements' goals: one statement, as the
-    budget check runs under the campaign's lock."""
-    return _terms(await conn.fetch(_COMMITMENT_TERMS, campaign_id, _RUNNING))
+    """Every line item of a campaign with its placements' goals."""
+    return _terms(await conn.fetch(_COMMITMENT_TERMS, campaign_id))
 
 
 @dataclass(frozen=True)
