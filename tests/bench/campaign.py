@@ -4,8 +4,9 @@ days at BENCH_SCALE=1.0, seeded through the real ingestion path), as JSON throug
 Envoy under 16 concurrent clients, against the same call refused before any work
 (no credentials) measured the same way in the same run, with the pacing cache as
 deployed (answers reused for 5 s) and again with the campaign service restarted without
-it; and bookings of distinct slots per second, by 16 concurrent clients, each booking
-goes to one of 16 campaigns, against the same calls refused before any work.
+it; and bookings of distinct slots per second by 16 concurrent clients, consecutive
+bookings going to different ones of 16 campaigns, against the same calls refused
+before any work.
 
 wrk (16 connections, 2 threads, closed loop) sends every measured request: a Python
 client spent more CPU per request than the services it measured (about 6 ms against
