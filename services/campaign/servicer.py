@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -30,7 +31,7 @@ from services.campaign.domain import (
     Targeting,
 )
 from services.campaign.matching import Match
-from services.campaign.pacing import Pacing
+from services.campaign.pacing import Pacing, PacingReport
 from services.campaign.placements import BookingRequest
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
@@ -421,9 +422,37 @@ def _state_given(paths: Iterable[str], state: int, field: str) -> None:
         raise InvalidArgument.field(field, "is required when the mask names it")
 
 
+class PacingAnswers:
+    """GetPacing answers, each kept while the report it was made from lives: the pacing
+    cache hands the same report to every caller for a few seconds, and making the
+    answer of a campaign's report took more CPU than the rest of such a call. An answer
+    goes when its report does (the cache dropped it, or there is no cache)."""
+
+    def __init__(self) -> None:
+        self._answers: dict[
+            int, tuple[weakref.ReferenceType[PacingReport], pb.GetPacingResponse]
+        ] = {}
+
+    def answer(self, report: PacingReport) -> pb.GetPacingResponse:
+        key = id(report)
+        kept = self._answers.get(key)
+        if kept is not None and kept[0]() is report:
+            return kept[1]
+        answer = pb.GetPacingResponse(
+            pacing=pacing_to_pb(report.pacing),
+            line_item_pacings=[pacing_to_pb(p, with_days=False) for p in report.line_items],
+        )
+        self._answers[key] = (weakref.ref(report, lambda _: self._answers.pop(key, None)), answer)
+        return answer
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
 class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     def __init__(self, ops: AdOps, background: Sequence[object] = ()) -> None:
         self._ops = ops
+        self._pacing_answers = PacingAnswers()
         # The service's background jobs live as long as the servicer the server holds.
         self._background = tuple(background)
 
@@ -683,10 +712,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
                 parse_uuid(request.campaign_id, "campaign_id"),
                 credentials(context),
             )
-        return pb.GetPacingResponse(
-            pacing=pacing_to_pb(report.pacing),
-            line_item_pacings=[pacing_to_pb(p, with_days=False) for p in report.line_items],
-        )
+        return self._pacing_answers.answer(report)
 
     async def MatchPodcasts(
         self, request: pb.MatchPodcastsRequest, context: Any
