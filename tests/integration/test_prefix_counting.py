@@ -6,9 +6,13 @@ from byte-verified ones, disclosed as the prefix methodology."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,7 +22,7 @@ import pytest
 from podmesh.catalog.v1 import catalog_pb2
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
-from devstack.stack import Stack
+from devstack.stack import GEN_DIR, Stack
 from services.shared.measurement_prefix import prefix_id
 from tests.integration.conftest import CatalogStub
 from tests.prefix_support import episode_at
@@ -183,6 +187,24 @@ async def test_a_prefix_request_for_a_known_episode_is_a_prefix_download(
     )
     assert "# source: measurement prefix (redirects, no bytes served)" in export.text
     assert "# guideline: Podmesh measurement prefix methodology" in export.text
+
+    table = await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(Path(sys.executable).parent / "podmesh"), "--gateway", stack.gateway_url,
+            "--api-key", tenant.owner_key, "metrics", "query", "--source", "prefix",
+            "--podcast", podcast_id, "--start", today()["startTime"],
+            "--end", today()["endTime"], "--granularity", "total",
+        ],
+        env={**os.environ, "PYTHONPATH": str(GEN_DIR)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    # The caption (the guideline) wraps to the table's width.
+    assert "Podmesh measurement prefix methodology v1" in " ".join(table.stdout.split())
+    assert table.stdout.split("\n")[3].split()[-2:] == ["1", "│"]
 
 
 async def test_a_chained_prefix_counts_for_the_episode_behind_it(
