@@ -175,7 +175,9 @@ def render_envoy_config(
     `prefix_log_cluster` receives the measurement prefix's access log (see
     gateway.prefix_redirect), sent with `prefix_log_credential`. `redirect_floor_path`
     adds a route answering a fixed 302 by `direct_response`, the floor the prefix
-    benchmark (tests/bench/prefix.py) measures the prefix route against.
+    benchmark (tests/bench/prefix.py) measures the prefix route against, and leaves the
+    prefix requests under `prefix_redirect.UNLOGGED_BENCH_PREFIX` out of the access log,
+    so that the benchmark can tell the Lua filter's cost from the log's.
     """
     for origin in cors_allowed_origins:
         parse_cors_origin(origin)
@@ -223,7 +225,13 @@ def render_envoy_config(
         "access_log": [
             _access_log(access_log_path or "/dev/stdout"),
             *(
-                [prefix_redirect.grpc_access_log(prefix_log_cluster, prefix_log_credential)]
+                [
+                    prefix_redirect.grpc_access_log(
+                        prefix_log_cluster,
+                        prefix_log_credential,
+                        unlogged_bench_prefix=redirect_floor_path is not None,
+                    )
+                ]
                 if prefix_log_cluster is not None
                 else []
             ),

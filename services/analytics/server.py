@@ -11,6 +11,7 @@ from pydantic import Field
 from services.analytics.audit import start_audit_relay
 from services.analytics.counting import default_classifier
 from services.analytics.counting_settings import CountingSettingsStore
+from services.analytics.ingest.episodes import EpisodeResolver
 from services.analytics.ingest.ingestor import IngestSettings, build_ingestion
 from services.analytics.live.watch import LiveWatcher
 from services.analytics.peers import CatalogReleases, TenantProfiles
@@ -76,7 +77,18 @@ async def register(server: aio.Server, resources: Resources) -> None:
     prefix_receiver.register(
         server,
         prefix_receiver.PrefixRecorder(
-            resources.db, tenants, settings.ip_hash_secret.get_secret_value().encode()
+            resources.db,
+            tenants,
+            EpisodeResolver(
+                resources.channel("catalog"),
+                settings.episode_cache_ttl_s,
+                settings.episode_negative_ttl_s,
+                names_tenant=True,
+            ),
+            # The platform credential: the catalog resolves for the tenant each
+            # request's prefix names, and allows naming one to this credential only.
+            (("authorization", f"Bearer {settings.admin_token.get_secret_value()}"),),
+            settings.ip_hash_secret.get_secret_value().encode(),
         ),
     )
 
