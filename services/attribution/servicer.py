@@ -1,12 +1,21 @@
 """Maps AttributionService protobuf messages to attribution operations and back; nothing else.
 
-RPCs without a method here answer UNIMPLEMENTED (the generated base class).
+Each area's RPCs are a mixin (`<area>/servicer.py`); RPCs without a method answer
+UNIMPLEMENTED (the generated base class).
 """
 
 from __future__ import annotations
 
 from podmesh.attribution.v1 import attribution_pb2_grpc
 
+from services.attribution.reports.conversions import Conversions
+from services.attribution.reports.service import Reports
+from services.attribution.reports.servicer import ReportRpcs
 
-class AttributionServicer(attribution_pb2_grpc.AttributionServiceServicer):
+
+class AttributionServicer(ReportRpcs, attribution_pb2_grpc.AttributionServiceServicer):
     """The attribution API: pixels and site events, exposures, reports."""
+
+    def __init__(self, *, reports: Reports, conversions: Conversions) -> None:
+        self._reports = reports
+        self._conversions = conversions
