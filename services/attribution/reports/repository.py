@@ -109,7 +109,8 @@ EXISTS (SELECT 1 FROM exposures e
 
 _UNATTRIBUTED = f"""
 SELECT s.event_type, count(*) AS events,
-       coalesce(sum(CASE WHEN s.currency_code = $7 THEN s.value_minor ELSE 0 END), 0) AS value
+       coalesce(sum(CASE WHEN s.currency_code = $7 THEN s.value_minor ELSE 0 END), 0)::bigint
+           AS value
 FROM site_events s
 WHERE s.tenant_id = $1 AND s.sponsor_id = $2 AND s.event_type IN (2, 3)
   AND s.event_time >= $3 AND s.event_time < $4 AND NOT {_ANY_EXPOSURE}
