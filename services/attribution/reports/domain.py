@@ -15,11 +15,13 @@ except for time decay, whose credits depend on each touch's exact age.
 from __future__ import annotations
 
 import enum
+import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
+from math import lcm
 
 from services.attribution.models import (
     DataDrivenWeights,
@@ -43,6 +45,8 @@ _BUCKETS = len(RESPONSE_DAYS) + 1
 VISITORS, LEADS, PURCHASES, REVENUE = range(4)
 _METRICS = 4
 SLOTS = _BUCKETS * _METRICS
+# As services.attribution.models.heuristic: float weights scaled to exact integers.
+_DECAY_SCALE_BITS = 64
 
 
 class EventKind(enum.IntEnum):
@@ -135,6 +139,9 @@ def bucket_of(lag_s: float) -> int:
     return len(_BUCKET_LIMITS)
 
 
+_METRIC_OF = {1: VISITORS, 2: LEADS, 3: PURCHASES}
+
+
 def metric_of(kind: int) -> int:
     return {EventKind.VISIT: VISITORS, EventKind.LEAD: LEADS, EventKind.PURCHASE: PURCHASES}[
         EventKind(kind)
@@ -178,75 +185,92 @@ def fit(model: Model, inputs: Inputs) -> DataDrivenWeights | None:
     return fit_markov(paths) if model is Model.MARKOV else fit_shapley(paths)
 
 
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    kind: int
-    channels: tuple[int, ...]
-    podcasts: tuple[int, ...]
-    buckets: tuple[int, ...]
-    value_minor: int
+def largest_remainder(amount: int, numerators: Sequence[int], denominator: int) -> list[int]:
+    """`allocate_minor(amount, [n / denominator for n in numerators])` in integers only:
+    the same floors, the same remainders compared, the same ties to the earlier touch.
+    Called once per event per model, where Fractions would dominate a report's time."""
+    sign = -1 if amount < 0 else 1
+    magnitude = abs(amount)
+    floors = []
+    remainders = []
+    for n in numerators:
+        units, rest = divmod(magnitude * n, denominator)
+        floors.append(units)
+        remainders.append(rest)
+    left = magnitude - sum(floors)
+    if left:
+        for i in sorted(range(len(floors)), key=lambda k: (-remainders[k], k))[:left]:
+            floors[i] += 1
+    return [sign * f for f in floors] if sign < 0 else floors
 
 
-def _shape(event: CreditedEvent) -> _Shape:
-    return _Shape(
-        event.kind,
-        event.channels,
-        event.podcasts,
-        tuple(bucket_of(event.time - t) for t in event.touch_times),
-        event.value_minor if event.kind == EventKind.PURCHASE else 0,
-    )
+def _integers(shares: Sequence[Fraction]) -> tuple[list[int], int]:
+    common = lcm(*(c.denominator for c in shares))
+    return [c.numerator * (common // c.denominator) for c in shares], common
 
 
-def shapes(events: Iterable[CreditedEvent]) -> dict[_Shape, int]:
-    out: dict[_Shape, int] = {}
-    for event in events:
-        s = _shape(event)
-        out[s] = out.get(s, 0) + 1
-    return out
+def decay_weights(times: Sequence[float], at: float, half_life_s: float) -> list[int]:
+    """Time decay's integer weights, as services.attribution.models.heuristic.time_decay
+    computes them (relative to the newest touch, scaled by 2^64); the credits are these
+    over their sum."""
+    newest = max(times)
+    return [int(math.ldexp(2.0 ** (-(newest - t) / half_life_s), _DECAY_SCALE_BITS)) for t in times]
+
+
+class _Prepared:
+    """What every model needs of the events, computed once per report: each touch's
+    place in one flat list of units (its (line item, podcast) pair, its response
+    bucket and the event's metric), the revenue's offset from it, and the value."""
+
+    def __init__(self, events: Sequence[CreditedEvent]) -> None:
+        self.pairs: dict[tuple[int, int], int] = {}
+        self.slots: list[tuple[int, ...]] = []
+        self.values: list[tuple[int, int]] = []
+        pairs = self.pairs
+        for event in events:
+            metric = _METRIC_OF[event.kind]
+            own = []
+            for at, channel, podcast in zip(
+                event.touch_times, event.channels, event.podcasts, strict=True
+            ):
+                pair = pairs.get((channel, podcast))
+                if pair is None:
+                    pair = pairs[(channel, podcast)] = len(pairs)
+                own.append(pair * SLOTS + bucket_of(event.time - at) * _METRICS + metric)
+            self.slots.append(tuple(own))
+            value = event.value_minor if event.kind == EventKind.PURCHASE else 0
+            self.values.append((value, REVENUE - metric))
+
+    def credited(self, model: Model, flat: list[int]) -> Credited:
+        out = Credited(model)
+        for pair, p in self.pairs.items():
+            slots = flat[p * SLOTS : (p + 1) * SLOTS]
+            if any(slots):
+                out.pairs[pair] = slots
+        return out
 
 
 class _Shares:
-    """Credits and their whole units, memoised by what they depend on."""
+    """One model's credits as integers over a common denominator, memoised by what they
+    depend on: the number of touches (rule-based models) or the sequence of line items
+    (data-driven models). Time decay depends on the touches' ages: computed per event."""
 
     def __init__(self, model: Model, weights: DataDrivenWeights | None) -> None:
         self._model = model
         self._weights = weights
-        self._credits: dict[object, list[Fraction]] = {}
-        self._units: dict[tuple[object, int], list[int]] = {}
+        self._memo: dict[object, tuple[list[int], int, list[int]]] = {}
 
-    def credits_of(self, channels: tuple[int, ...]) -> tuple[object, list[Fraction]]:
+    def of(self, channels: tuple[int, ...]) -> tuple[list[int], int, list[int]]:
+        """Numerators, denominator and the GRID units of one event's touches."""
         key: object = channels if self._model.data_driven else len(channels)
-        found = self._credits.get(key)
+        found = self._memo.get(key)
         if found is None:
             touches = _touches([0.0] * len(channels), channels)
-            found = credits(self._model, touches, 0.0, channel_weights=self._weights)
-            self._credits[key] = found
-        return key, found
-
-    def units(self, key: object, shares: list[Fraction], amount: int) -> list[int]:
-        memo = (key, amount)
-        found = self._units.get(memo)
-        if found is None:
-            found = allocate_minor(amount, shares)
-            self._units[memo] = found
+            shares = credits(self._model, touches, 0.0, channel_weights=self._weights)
+            numerators, denominator = _integers(shares)
+            found = (numerators, denominator, largest_remainder(GRID, numerators, denominator))
+            self._memo[key] = found
         return found
-
-
-def _add(
-    pairs: dict[tuple[int, int], list[int]],
-    channels: Sequence[int],
-    podcasts: Sequence[int],
-    buckets: Sequence[int],
-    metric: int,
-    units: Sequence[int],
-    times: int,
-) -> None:
-    for channel, podcast, bucket, share in zip(channels, podcasts, buckets, units, strict=True):
-        if share:
-            slots = pairs.get((channel, podcast))
-            if slots is None:
-                slots = pairs[(channel, podcast)] = [0] * SLOTS
-            slots[bucket * _METRICS + metric] += share * times
 
 
 def credit(
@@ -254,62 +278,43 @@ def credit(
     inputs: Inputs,
     *,
     half_life_s: float,
-    weights: DataDrivenWeights | None = None,
-    by_shape: Mapping[_Shape, int] | None = None,
+    prepared: _Prepared | None = None,
 ) -> Credited:
     """Every event's credit under `model`, in whole units per (line item, podcast) pair."""
-    out = Credited(model)
-    pairs = out.pairs
-    if model is Model.TIME_DECAY:
-        for event in inputs.events:
-            touches = _touches(event.touch_times, event.channels)
-            shares = credits(model, touches, event.time, half_life_s=half_life_s)
-            buckets = [bucket_of(event.time - t) for t in event.touch_times]
-            metric = metric_of(event.kind)
-            _add(
-                pairs,
-                event.channels,
-                event.podcasts,
-                buckets,
-                metric,
-                allocate_minor(GRID, shares),
-                1,
-            )
-            if event.kind == EventKind.PURCHASE and event.value_minor:
-                _add(
-                    pairs,
-                    event.channels,
-                    event.podcasts,
-                    buckets,
-                    REVENUE,
-                    allocate_minor(event.value_minor, shares),
-                    1,
-                )
-        return out
-    memo = _Shares(model, weights if weights is not None else fit(model, inputs))
-    for s, times in (by_shape if by_shape is not None else shapes(inputs.events)).items():
-        key, shares = memo.credits_of(s.channels)
-        metric = metric_of(s.kind)
-        _add(pairs, s.channels, s.podcasts, s.buckets, metric, memo.units(key, shares, GRID), times)
-        if s.value_minor:
-            _add(
-                pairs,
-                s.channels,
-                s.podcasts,
-                s.buckets,
-                REVENUE,
-                memo.units(key, shares, s.value_minor),
-                times,
-            )
-    return out
+    ready = prepared or _Prepared(inputs.events)
+    flat = [0] * (len(ready.pairs) * SLOTS)
+    single = {Model.FIRST_TOUCH: 0, Model.LAST_TOUCH: -1}.get(model)
+    decay = model is Model.TIME_DECAY
+    memo = _Shares(model, fit(model, inputs))
+    for event, slots, (value, shift) in zip(inputs.events, ready.slots, ready.values, strict=True):
+        if len(slots) == 1 or single is not None:
+            # All of it to one touch: nothing to share.
+            slot = slots[single or 0]
+            flat[slot] += GRID
+            if value:
+                flat[slot + shift] += value
+            continue
+        if decay:
+            numerators = decay_weights(event.touch_times, event.time, half_life_s)
+            denominator = sum(numerators)
+            units = largest_remainder(GRID, numerators, denominator)
+        else:
+            numerators, denominator, units = memo.of(event.channels)
+        for slot, share in zip(slots, units, strict=True):
+            flat[slot] += share
+        if value:
+            money = largest_remainder(value, numerators, denominator)
+            for slot, minor in zip(slots, money, strict=True):
+                flat[slot + shift] += minor
+    return ready.credited(model, flat)
 
 
 def credit_models(
     models: Sequence[Model], inputs: Inputs, *, half_life_s: float
 ) -> dict[Model, Credited]:
-    by_shape = shapes(inputs.events)
+    prepared = _Prepared(inputs.events)
     return {
-        model: credit(model, inputs, half_life_s=half_life_s, by_shape=by_shape)
+        model: credit(model, inputs, half_life_s=half_life_s, prepared=prepared)
         for model in dict.fromkeys(models)
     }
 

@@ -1,20 +1,30 @@
-"""The SQL behind the reports: PostgreSQL aggregates, Python sees one row per credited event.
+"""The reads behind a report: one pass over the campaign's exposures, one household per row.
 
-A report never brings a campaign's exposures into the process one by one: reach is
-counted in the database, each credited event (lead, purchase, a visitor's first visit)
-arrives as one row with its touches in arrays (time, line item, podcast as indexes into
-the report's dimension lists), and the non-converting households' paths arrive grouped
-into distinct paths with a count. A touch is an exposure of the campaign in the report's
-period, at or before the event and at most the window before it (both bounds inclusive,
-as services.attribution.models.in_window); touches are ordered by time, then exposure id
-in byte order (COLLATE "C"), which is Python's string order.
+Exposures and site events are partitioned by day, so matching each event to its
+household's exposures in SQL (a nested loop into every day's partition per event) costs
+far more than reading both once: the sponsor's site events of the period (one row each,
+kept by household), then the campaign's exposures aggregated per household in the
+database (one row per household, its touches in arrays ordered by time and then
+exposure id in byte order, COLLATE "C", Python's string order), streamed through a
+cursor. Each household is matched against its own events as it arrives and then
+dropped, so memory holds the events and the results, never the exposures.
+
+A touch of an event is an exposure of the campaign in the report's period at or before
+the event and at most the window before it (both bounds inclusive, as
+services.attribution.models.in_window). Exposures up to a window before the period are
+read too: they cannot be touches, but they explain a conversion, which is then not
+unattributed.
 """
 
 from __future__ import annotations
 
+import struct
 import uuid
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -26,68 +36,55 @@ from services.attribution.reports.domain import (
     Unattributed,
 )
 
-# Sorting a million exposures by household stays in memory.
-_WORK_MEM = "SET LOCAL work_mem = '64MB'"
+_CURSOR_PREFETCH = 5_000
+# Sorting a million exposures by household stays in memory (about 120 MB), and the
+# households are read by one sort of the campaign's rows rather than by merging every
+# day partition's household index, which reads the heap in random order (several times
+# slower at a million exposures). Bitmap scans of the campaign index stay allowed.
+_SETTINGS = ("SET LOCAL work_mem = '160MB'", "SET LOCAL enable_indexscan = off")
 
-_REACH = """
-SELECT line_item_id, podcast_id, count(*) AS impressions,
-       count(DISTINCT household_id) AS households,
-       GROUPING(line_item_id) AS no_line_item, GROUPING(podcast_id) AS no_podcast
+_DIMENSIONS = """
+SELECT DISTINCT line_item_id, podcast_id
 FROM exposures
 WHERE tenant_id = $1 AND campaign_id = $2 AND exposure_time >= $3 AND exposure_time < $4
-GROUP BY GROUPING SETS ((line_item_id, podcast_id), (line_item_id), (podcast_id), ())
 """
 
-# A touch of event `ev`: the campaign's exposures of its household in the report period
-# within the window before it.
-_TOUCH = """
-e.tenant_id = $1 AND e.campaign_id = $2 AND e.household_id = {ev}.household_id
-AND e.exposure_time >= greatest($3, {ev}.event_time - $5::interval)
-AND e.exposure_time <= {ev}.event_time AND e.exposure_time < $4
+_ORDER = 'exposure_time, exposure_id COLLATE "C"'
+
+# One row per household: its exposures packed as (microseconds since the epoch,
+# line item index, podcast index), big-endian, in touch order. array_agg would give each
+# of 200,000 groups a memory context of its own, several times slower; the packed bytes
+# cost 14 per exposure and unpack in C (struct.iter_unpack).
+_HOUSEHOLDS = f"""
+SELECT household_id,
+       string_agg(
+           int8send((extract(epoch FROM exposure_time) * 1000000)::int8)
+           || int2send(coalesce(array_position($5::uuid[], line_item_id), 0)::int2)
+           || int4send(coalesce(array_position($6::uuid[], podcast_id), 0)),
+           ''::bytea ORDER BY {_ORDER}) AS packed
+FROM exposures
+WHERE tenant_id = $1 AND campaign_id = $2 AND exposure_time >= $3 AND exposure_time < $4
+GROUP BY household_id
+"""
+_PACKED = struct.Struct(">qhi")
+
+_EVENTS = """
+SELECT household_id, event_type, (extract(epoch FROM event_time) * 1000000)::int8 AS at,
+       CASE WHEN currency_code = $5 THEN value_minor ELSE 0 END AS value_minor
+FROM site_events
+WHERE tenant_id = $1 AND sponsor_id = $2 AND event_time >= $3 AND event_time < $4
+ORDER BY household_id, event_time, event_id COLLATE "C"
 """
 
-_ORDER = 'e.exposure_time, e.exposure_id COLLATE "C"'
-
-_EVENTS = f"""
-WITH conversions AS (
-    SELECT s.event_type, s.event_id, s.event_time, s.household_id,
-           CASE WHEN s.currency_code = $8 THEN s.value_minor ELSE 0 END AS value_minor
-    FROM site_events s
-    WHERE s.tenant_id = $1 AND s.sponsor_id = $6 AND s.event_type IN (2, 3)
-      AND s.event_time >= $3 AND s.event_time < $7
-), visits AS (
-    SELECT DISTINCT ON (s.household_id)
-           s.event_type, s.event_id, s.event_time, s.household_id, 0::bigint AS value_minor
-    FROM site_events s
-    WHERE s.tenant_id = $1 AND s.sponsor_id = $6 AND s.event_type = 1
-      AND s.event_time >= $3 AND s.event_time < $7
-      AND EXISTS (SELECT 1 FROM exposures e WHERE {_TOUCH.format(ev="s")})
-    ORDER BY s.household_id, s.event_time, s.event_id COLLATE "C"
-), events AS (
-    SELECT * FROM conversions UNION ALL SELECT * FROM visits
-)
-SELECT ev.event_type, extract(epoch FROM ev.event_time)::float8 AS at, ev.value_minor,
-       ev.household_id,
-       array_agg(extract(epoch FROM e.exposure_time)::float8 ORDER BY {_ORDER}) AS times,
-       array_agg(array_position($9::uuid[], e.line_item_id) ORDER BY {_ORDER}) AS channels,
-       array_agg(coalesce(array_position($10::uuid[], e.podcast_id), 0) ORDER BY {_ORDER})
-           AS podcasts
-FROM events ev JOIN exposures e ON {_TOUCH.format(ev="ev")}
-GROUP BY ev.event_type, ev.event_id, ev.event_time, ev.value_minor, ev.household_id
-"""
-
-# Exposed households with no credited conversion: their whole path in the period.
-_NONCONVERTING = f"""
-SELECT channels, count(*) AS households FROM (
-    SELECT array_agg(array_position($5::uuid[], e.line_item_id) ORDER BY {_ORDER}) AS channels
-    FROM exposures e
-    WHERE e.tenant_id = $1 AND e.campaign_id = $2 AND e.exposure_time >= $3
-      AND e.exposure_time < $4
-      AND NOT EXISTS (SELECT 1 FROM unnest($6::bytea[]) AS c (household_id)
-                      WHERE c.household_id = e.household_id)
-    GROUP BY e.household_id
-) paths
-GROUP BY channels
+# Exposures of the sponsor's other campaigns, only for households with a conversion
+# this campaign does not explain.
+_OTHER_EXPOSURES = """
+SELECT household_id,
+       array_agg((extract(epoch FROM exposure_time) * 1000000)::int8) AS times
+FROM exposures
+WHERE tenant_id = $1 AND campaign_id = ANY($2::uuid[]) AND household_id = ANY($3::bytea[])
+  AND exposure_time >= $4 AND exposure_time < $5
+GROUP BY household_id
 """
 
 _PROMO = """
@@ -96,36 +93,6 @@ FROM site_events
 WHERE tenant_id = $1 AND sponsor_id = $2 AND event_type = 3 AND promo_code <> ''
   AND event_time >= $3 AND event_time < $4
 GROUP BY 1
-"""
-
-# The sponsor's conversions that no exposure of any of its campaigns preceded within the
-# window (at any time: an exposure before the report's period explains one too).
-_ANY_EXPOSURE = """
-EXISTS (SELECT 1 FROM exposures e
-        WHERE e.tenant_id = $1 AND e.household_id = s.household_id
-          AND e.campaign_id = ANY($5::uuid[])
-          AND e.exposure_time >= s.event_time - $6::interval AND e.exposure_time <= s.event_time)
-"""
-
-_UNATTRIBUTED = f"""
-SELECT s.event_type, count(*) AS events,
-       coalesce(sum(CASE WHEN s.currency_code = $7 THEN s.value_minor ELSE 0 END), 0)::bigint
-           AS value
-FROM site_events s
-WHERE s.tenant_id = $1 AND s.sponsor_id = $2 AND s.event_type IN (2, 3)
-  AND s.event_time >= $3 AND s.event_time < $4 AND NOT {_ANY_EXPOSURE}
-GROUP BY s.event_type
-"""
-
-_UNATTRIBUTED_VISITORS = f"""
-SELECT count(*) FROM (
-    SELECT s.household_id
-    FROM site_events s
-    WHERE s.tenant_id = $1 AND s.sponsor_id = $2 AND s.event_type = 1
-      AND s.event_time >= $3 AND s.event_time < $4
-    GROUP BY s.household_id
-    HAVING bool_and(NOT {_ANY_EXPOSURE})
-) unexplained
 """
 
 
@@ -146,121 +113,219 @@ class Scope:
         return self.end + self.window
 
 
-async def read_inputs(conn: asyncpg.Connection, scope: Scope, *, data_driven: bool) -> Inputs:
-    """Everything one report is computed from, in the caller's tenant transaction."""
-    await conn.execute(_WORK_MEM)
-    data_end: datetime = await conn.fetchval("SELECT now()")
-    line_items: list[uuid.UUID] = []
-    podcasts: list[uuid.UUID] = []
-    reach_rows = await conn.fetch(
-        _REACH, scope.tenant_id, scope.campaign_id, scope.start, scope.end
-    )
-    for row in reach_rows:
-        if not row["no_line_item"] and row["no_podcast"]:
-            line_items.append(row["line_item_id"])
-        if row["no_line_item"] and not row["no_podcast"] and row["podcast_id"] is not None:
-            podcasts.append(row["podcast_id"])
-    line_items.sort()
-    podcasts.sort()
-    li_index = {li: i + 1 for i, li in enumerate(line_items)}
-    pod_index = {p: i + 1 for i, p in enumerate(podcasts)}
-    total = Reach(0, 0)
-    by_line_item: dict[int, Reach] = {}
-    by_podcast: dict[int, Reach] = {}
-    by_pair: dict[tuple[int, int], int] = {}
-    for row in reach_rows:
-        reach = Reach(row["impressions"], row["households"])
-        li = li_index.get(row["line_item_id"], 0)
-        pod = pod_index.get(row["podcast_id"], 0)
-        if row["no_line_item"] and row["no_podcast"]:
-            total = reach
-        elif row["no_podcast"]:
-            by_line_item[li] = reach
-        elif row["no_line_item"]:
-            by_podcast[pod] = reach
-        else:
-            by_pair[(li, pod)] = reach.impressions
+# A site event as read: (time in microseconds, kind, value in the campaign's currency).
+_Event = tuple[int, int, int]
+_US = 1_000_000
 
-    window = scope.window
-    event_rows = await conn.fetch(
+
+def _explained(times: Sequence[int], at: int, window_us: int) -> bool:
+    """Whether an exposure at one of `times` (ascending) is within the window before `at`."""
+    return bisect_right(times, at) > bisect_left(times, at - window_us)
+
+
+class _Matcher:
+    """Matches households' exposures to their events, one household at a time."""
+
+    def __init__(self, start: int, end: int, window_us: int) -> None:
+        self.start = start
+        self.end = end
+        self.window_us = window_us
+        self.events: list[CreditedEvent] = []
+        self.pairs: Counter[tuple[int, int]] = Counter()
+        self.line_item_reach: Counter[int] = Counter()
+        self.podcast_reach: Counter[int] = Counter()
+        self.reached = 0
+        self.nonconverting: Counter[tuple[int, ...]] = Counter()
+        # Per household, the conversions no exposure of this campaign explains, and its
+        # page views when none of them is explained.
+        self.unexplained: dict[bytes, list[_Event]] = {}
+
+    def household(
+        self,
+        household: bytes,
+        packed: bytes,
+        events: list[_Event] | None,
+    ) -> None:
+        unpacked = list(_PACKED.iter_unpack(packed))
+        times = [u[0] for u in unpacked]
+        channels = [u[1] for u in unpacked]
+        podcasts = [u[2] for u in unpacked]
+        first = bisect_left(times, self.start)
+        last = bisect_left(times, self.end, first)
+        if first < last:
+            self.reached += 1
+            own_channels = channels[first:last]
+            own_podcasts = podcasts[first:last]
+            self.pairs.update(zip(own_channels, own_podcasts, strict=True))
+            self.line_item_reach.update(set(own_channels))
+            self.podcast_reach.update(set(own_podcasts))
+        converted = False
+        if events:
+            converted = self._match(household, times, channels, podcasts, first, last, events)
+        if first < last and not converted:
+            self.nonconverting[tuple(channels[first:last])] += 1
+
+    def _match(
+        self,
+        household: bytes,
+        times: list[int],
+        channels: list[int],
+        podcasts: list[int],
+        first: int,
+        last: int,
+        events: list[_Event],
+    ) -> bool:
+        converted = visited = False
+        unexplained: list[_Event] = []
+        views: list[_Event] = []
+        views_explained = False
+        for event in events:
+            at, kind, _ = event
+            lo = bisect_left(times, at - self.window_us, first, last)
+            hi = bisect_right(times, at, lo, last)
+            touched = hi > lo
+            if touched and not (kind == EventKind.VISIT and visited):
+                self.events.append(
+                    CreditedEvent(
+                        kind,
+                        at / _US,
+                        event[2],
+                        tuple(t / _US for t in times[lo:hi]),
+                        tuple(channels[lo:hi]),
+                        tuple(podcasts[lo:hi]),
+                    )
+                )
+            explained = touched or _explained(times, at, self.window_us)
+            if kind == EventKind.VISIT:
+                visited = visited or touched
+                views.append(event)
+                views_explained = views_explained or explained
+            else:
+                converted = converted or touched
+                if not explained:
+                    unexplained.append(event)
+        if not views_explained:
+            unexplained.extend(views)
+        if unexplained:
+            self.unexplained[household] = unexplained
+        return converted
+
+
+def _unattributed(
+    unexplained: dict[bytes, list[_Event]],
+    others: dict[bytes, list[int]],
+    window_us: int,
+) -> Unattributed:
+    """The candidates that the sponsor's other campaigns do not explain either."""
+    visitors = leads = purchases = revenue = 0
+    for household, events in unexplained.items():
+        times = sorted(others.get(household, ()))
+        views = views_explained = False
+        for at, kind, value in events:
+            explained = _explained(times, at, window_us)
+            if kind == EventKind.VISIT:
+                views = True
+                views_explained = views_explained or explained
+            elif explained:
+                continue
+            elif kind == EventKind.LEAD:
+                leads += 1
+            else:
+                purchases += 1
+                revenue += value
+        if views and not views_explained:
+            visitors += 1
+    return Unattributed(visitors, leads, purchases, revenue)
+
+
+async def read_inputs(conn: asyncpg.Connection, scope: Scope) -> Inputs:
+    """Everything one report is computed from, in the caller's tenant transaction."""
+    for setting in _SETTINGS:
+        await conn.execute(setting)
+    data_end: datetime = await conn.fetchval("SELECT now()")
+    window_us = scope.window // timedelta(microseconds=1)
+    dimensions = await conn.fetch(
+        _DIMENSIONS, scope.tenant_id, scope.campaign_id, scope.start, scope.end
+    )
+    line_items = sorted({row["line_item_id"] for row in dimensions})
+    podcasts = sorted({row["podcast_id"] for row in dimensions if row["podcast_id"] is not None})
+
+    events: dict[bytes, list[_Event]] = {}
+    for row in await conn.fetch(
         _EVENTS,
         scope.tenant_id,
-        scope.campaign_id,
-        scope.start,
-        scope.end,
-        window,
         scope.sponsor_id,
+        scope.start,
         scope.conversions_end,
         scope.currency,
+    ):
+        events.setdefault(row["household_id"], []).append(
+            (row["at"], row["event_type"], row["value_minor"])
+        )
+
+    matcher = _Matcher(_micros(scope.start), _micros(scope.end), window_us)
+    async for row in conn.cursor(
+        _HOUSEHOLDS,
+        scope.tenant_id,
+        scope.campaign_id,
+        scope.start - scope.window,
+        scope.conversions_end,
         line_items,
         podcasts,
-    )
-    events = [
-        CreditedEvent(
-            kind=row["event_type"],
-            time=row["at"],
-            value_minor=row["value_minor"],
-            touch_times=tuple(row["times"]),
-            channels=tuple(row["channels"]),
-            podcasts=tuple(row["podcasts"]),
-        )
-        for row in event_rows
-    ]
-    nonconverting: list[tuple[tuple[int, ...], int]] = []
-    if data_driven:
-        converted = list(
-            {row["household_id"] for row in event_rows if row["event_type"] != EventKind.VISIT}
-        )
-        del event_rows
-        nonconverting = [
-            (tuple(row["channels"]), row["households"])
-            for row in await conn.fetch(
-                _NONCONVERTING,
-                scope.tenant_id,
-                scope.campaign_id,
-                scope.start,
-                scope.end,
-                line_items,
-                converted,
-            )
-        ]
+        prefetch=_CURSOR_PREFETCH,
+    ):
+        household = row["household_id"]
+        matcher.household(household, row["packed"], events.pop(household, None))
+    # Households the campaign never reached: nothing of it explains their events.
+    for household, own in events.items():
+        matcher.unexplained[household] = own
+    del events
+
+    others = [c for c in scope.sponsor_campaigns if c != scope.campaign_id]
+    other_times: dict[bytes, list[int]] = {}
+    if others and matcher.unexplained:
+        for row in await conn.fetch(
+            _OTHER_EXPOSURES,
+            scope.tenant_id,
+            others,
+            list(matcher.unexplained),
+            scope.start - scope.window,
+            scope.conversions_end,
+        ):
+            other_times[row["household_id"]] = row["times"]
+
     promo = {
         row["code"]: row["purchases"]
         for row in await conn.fetch(
             _PROMO, scope.tenant_id, scope.sponsor_id, scope.start, scope.conversions_end
         )
     }
-    unattributed = await _unattributed(conn, scope)
     return Inputs(
         line_items=line_items,
         podcasts=podcasts,
-        total=total,
-        by_line_item=by_line_item,
-        by_podcast=by_podcast,
-        impressions_by_pair=by_pair,
-        events=events,
-        nonconverting=nonconverting,
+        total=Reach(sum(matcher.pairs.values()), matcher.reached),
+        by_line_item=_reach(matcher.pairs, matcher.line_item_reach, 0),
+        by_podcast=_reach(matcher.pairs, matcher.podcast_reach, 1),
+        impressions_by_pair=dict(matcher.pairs),
+        events=matcher.events,
+        nonconverting=list(matcher.nonconverting.items()),
         promo_purchases=promo,
-        unattributed=unattributed,
+        unattributed=_unattributed(matcher.unexplained, other_times, window_us),
         data_end=data_end,
     )
 
 
-async def _unattributed(conn: asyncpg.Connection, scope: Scope) -> Unattributed:
-    args = (
-        scope.tenant_id,
-        scope.sponsor_id,
-        scope.start,
-        scope.conversions_end,
-        list(scope.sponsor_campaigns),
-        scope.window,
-        scope.currency,
-    )
-    leads = purchases = revenue = 0
-    for row in await conn.fetch(_UNATTRIBUTED, *args):
-        if row["event_type"] == EventKind.LEAD:
-            leads = row["events"]
-        else:
-            purchases, revenue = row["events"], row["value"]
-    visitors: int = await conn.fetchval(_UNATTRIBUTED_VISITORS, *args[:6])
-    return Unattributed(visitors, leads, purchases, revenue)
+def _reach(
+    pairs: Counter[tuple[int, int]], households: Counter[int], position: int
+) -> dict[int, Reach]:
+    impressions: Counter[int] = Counter()
+    for pair, n in pairs.items():
+        impressions[pair[position]] += n
+    return {key: Reach(impressions[key], households[key]) for key in impressions}
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
