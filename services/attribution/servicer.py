@@ -1,12 +1,19 @@
 """Maps AttributionService protobuf messages to attribution operations and back; nothing else.
 
-RPCs without a method here answer UNIMPLEMENTED (the generated base class).
+Each area's RPCs are a mixin of its own (`<area>/servicer.py`); RPCs without a method
+answer UNIMPLEMENTED (the generated base class).
 """
 
 from __future__ import annotations
 
 from podmesh.attribution.v1 import attribution_pb2_grpc
 
+from services.attribution.exposures.operations import Exposures
+from services.attribution.exposures.servicer import ExposureRpcs
 
-class AttributionServicer(attribution_pb2_grpc.AttributionServiceServicer):
+
+class AttributionServicer(ExposureRpcs, attribution_pb2_grpc.AttributionServiceServicer):
     """The attribution API: pixels and site events, exposures, reports."""
+
+    def __init__(self, *, exposures: Exposures) -> None:
+        self._exposures = exposures
