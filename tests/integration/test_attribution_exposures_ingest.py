@@ -317,16 +317,20 @@ async def test_exposure_rows_are_held_to_their_tenant(
             await conn.execute("SELECT set_config('app.tenant_id', $1, true)", booked.tenant.id)
             assert await conn.fetchval("SELECT count(*) FROM exposures") == 1
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            async with conn.transaction():
-                await conn.execute("SELECT set_config('app.tenant_id', $1, true)", other.id)
-                await conn.execute(
-                    """
-                    INSERT INTO exposures (tenant_id, exposure_time, receive_time, campaign_id,
-                        line_item_id, source, household_id, exposure_id)
-                    VALUES ($1, now(), now(), $2, $2, 2, '\\x00', 'forged')
-                    """,
-                    uuid.UUID(booked.tenant.id),
-                    uuid.uuid4(),
-                )
+            await _insert_exposure_as(conn, acting_as=other.id, row_tenant=booked.tenant.id)
     finally:
         await conn.close()
+
+
+async def _insert_exposure_as(conn: asyncpg.Connection, *, acting_as: str, row_tenant: str) -> None:
+    async with conn.transaction():
+        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", acting_as)
+        await conn.execute(
+            """
+            INSERT INTO exposures (tenant_id, exposure_time, receive_time, campaign_id,
+                line_item_id, source, household_id, exposure_id)
+            VALUES ($1, now(), now(), $2, $2, 2, '\\x00', 'forged')
+            """,
+            uuid.UUID(row_tenant),
+            uuid.uuid4(),
+        )
