@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import grpc
+import httpx
 import pytest
 from podmesh.analytics.v1 import analytics_pb2 as apb
 from podmesh.analytics.v1 import analytics_pb2_grpc
@@ -154,12 +155,15 @@ async def test_unbooked_slots_and_other_episodes_give_no_exposures(
         metadata=bearer(tenant.owner_key),
     )
     now = datetime.now(UTC)
+    unbooked_before = await unbooked_deliveries(stack)
     await ingest(
         analytics,
         tenant.owner_key,
         whole_downloads(booked.episode.id, now - timedelta(minutes=30), ["203.0.113.77"]),
     )
     await drained(owner_conn, tenant.id)
+    # Other tenants' deliveries may be counted meanwhile: at least this one.
+    assert await unbooked_deliveries(stack) >= unbooked_before + 1
     assert (
         await owner_conn.fetchval(
             "SELECT count(*) FROM ad_deliveries WHERE tenant_id = $1", uuid.UUID(tenant.id)
@@ -167,6 +171,15 @@ async def test_unbooked_slots_and_other_episodes_give_no_exposures(
         == 1
     )
     assert await stored_rows(owner_conn, tenant.id) == []
+
+
+async def unbooked_deliveries(stack: Stack) -> float:
+    async with httpx.AsyncClient(timeout=5) as client:
+        exposition = (await client.get(stack.metrics_url("attribution"))).text
+    for line in exposition.splitlines():
+        if line.startswith("attribution_unbooked_deliveries_total "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def change(
