@@ -52,7 +52,8 @@ async def test_upkeep_makes_days_ahead_and_drops_days_past_retention(
             exposure_id,
         )
         await owner_conn.execute(
-            "INSERT INTO attribution_keys (tenant_id, kind, key, event_time) VALUES ($1, 3, $2, $3)",
+            "INSERT INTO attribution_keys (tenant_id, kind, key, event_time) "
+            "VALUES ($1, 3, $2, $3)",
             tenant_id,
             f"2/{exposure_id}",
             moment,
