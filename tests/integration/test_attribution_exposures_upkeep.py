@@ -79,7 +79,7 @@ async def test_upkeep_makes_days_ahead_and_drops_days_past_retention(
         # The same interval's lease is taken: a second replica does nothing.
         assert not await lease.run(exposures.upkeep)
     finally:
-        await channel.close()
+        await channel.close(None)
         await redis.aclose()
         await db.close()
 
