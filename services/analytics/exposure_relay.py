@@ -18,60 +18,34 @@ whatever the number of replicas.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import uuid
 from typing import Any
 
 import asyncpg
-import grpc
 from grpc import aio
 from podmesh.attribution.v1 import attribution_pb2, attribution_pb2_grpc
 
 from services.shared.db import Database
 from services.shared.peers import forwarded
 from services.shared.protobuf import timestamp
+from services.shared.relays import PeriodicRelay
 
-log = logging.getLogger("podmesh.analytics.exposures")
 BATCH = 1_000
 TIMEOUT_S = 10.0
 # Namespace of the relay's advisory locks (any int4; "EXPO").
 _LOCK_NAMESPACE = 0x4558504F
-# The relay's tasks: the event loop keeps only a weak reference to a task.
-_running: set[asyncio.Task[None]] = set()
 
 
-class ExposureRelay:
+class ExposureRelay(PeriodicRelay):
     """Sends pending ad delivery changes to attribution every `interval_s`."""
 
     def __init__(
         self, db: Database, channel: aio.Channel, admin_token: str, interval_s: float
     ) -> None:
+        super().__init__("exposure relay", "attribution", interval_s)
         self._db = db
         self._stub = attribution_pb2_grpc.AttributionServiceStub(channel)
         self._credentials = (("authorization", f"Bearer {admin_token}"),)
-        self._interval_s = interval_s
-        self._degraded = False
-
-    def start(self) -> None:
-        task = asyncio.create_task(self._loop())
-        _running.add(task)
-        task.add_done_callback(_running.discard)
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.relay()
-                if self._degraded:
-                    log.info("exposure relay: the attribution service answers again")
-                    self._degraded = False
-            except grpc.aio.AioRpcError as error:
-                if not self._degraded:
-                    log.warning("exposure relay: attribution unavailable (%s)", error.code().name)
-                    self._degraded = True
-            except Exception:
-                log.exception("exposure relay failed; trying again next round")
-            await asyncio.sleep(self._interval_s)
 
     async def relay(self) -> int:
         """Sends every pending change; returns how many this relay sent."""
