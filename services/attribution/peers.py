@@ -1,20 +1,33 @@
-"""What the attribution service asks other services, with its caller's credential. The
-peers apply their own permissions and row-level security: another tenant's campaign is
-NOT_FOUND there, and so here."""
+"""Typed clients of the services attribution calls: what it needs of each, nothing more.
+
+Asked with the platform administrator's token where no caller stands behind the call
+(exposures relayed from analytics) or where the caller may not read campaigns (an
+ingest key sending third-party exposures), with the tenant named in the request.
+Reports ask with their caller's credential: the peers apply their own permissions and
+row-level security, so another tenant's campaign is NOT_FOUND there, and so here.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from podmesh.campaign.v1 import campaign_pb2, campaign_pb2_grpc
 
+from services.shared.errors import Unavailable
 from services.shared.peers import Metadata, forwarded, peer_error
 
 PEER_TIMEOUT_S = 5.0
+# ListSlotPlacements and BatchGetLineItems take at most this many ids per call.
+SLOTS_PER_CALL = 500
+LINE_ITEMS_PER_CALL = 1_000
+
+
 # Pacing counts a campaign's deliveries in analytics first.
 PACING_TIMEOUT_S = 20.0
 _PAGE = 200
@@ -55,9 +68,90 @@ def _instant(ts: object) -> datetime:
     return value
 
 
+@dataclass(frozen=True)
+class SlotBooking:
+    """A placement that reserved an ad slot: what turns the slot's deliveries into
+    exposures of its line item."""
+
+    placement_id: uuid.UUID
+    line_item_id: uuid.UUID
+    campaign_id: uuid.UUID
+    ad_slot_id: uuid.UUID
+    podcast_id: uuid.UUID
+    episode_id: uuid.UUID
+    flight_start: datetime
+    flight_end: datetime
+    # Set for a cancelled placement: its deliveries count until then.
+    cancel_time: datetime | None
+    # Completed or cancelled: nothing about it changes any more.
+    final: bool
+
+    def covers(self, moment: datetime) -> bool:
+        end = (
+            self.flight_end if self.cancel_time is None else min(self.flight_end, self.cancel_time)
+        )
+        return self.flight_start <= moment < end
+
+
+@dataclass(frozen=True)
+class LineItemFlight:
+    line_item_id: uuid.UUID
+    campaign_id: uuid.UUID
+    flight_start: datetime | None
+    flight_end: datetime | None
+
+
 class Campaigns:
-    def __init__(self, channel: aio.Channel) -> None:
+    def __init__(self, channel: aio.Channel, admin_token: str) -> None:
         self._stub = campaign_pb2_grpc.CampaignServiceStub(channel)
+        self._credentials: Metadata = (("authorization", f"Bearer {admin_token}"),)
+
+    async def slot_bookings(
+        self, tenant_id: uuid.UUID, ad_slot_ids: Sequence[uuid.UUID]
+    ) -> list[SlotBooking]:
+        """Every placement that reserved one of the slots (ListSlotPlacements)."""
+        bookings: list[SlotBooking] = []
+        for start in range(0, len(ad_slot_ids), SLOTS_PER_CALL):
+            chunk = ad_slot_ids[start : start + SLOTS_PER_CALL]
+            try:
+                response = await self._stub.ListSlotPlacements(
+                    campaign_pb2.ListSlotPlacementsRequest(
+                        tenant_id=str(tenant_id), ad_slot_ids=[str(s) for s in chunk]
+                    ),
+                    metadata=forwarded(self._credentials),
+                    timeout=PEER_TIMEOUT_S,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise _unavailable(error) from None
+            bookings.extend(_booking(p) for p in response.placements)
+        return bookings
+
+    async def line_items(
+        self, tenant_id: uuid.UUID, line_item_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, LineItemFlight]:
+        """Those of the line items that exist in the tenant (BatchGetLineItems)."""
+        found: dict[uuid.UUID, LineItemFlight] = {}
+        for start in range(0, len(line_item_ids), LINE_ITEMS_PER_CALL):
+            chunk = line_item_ids[start : start + LINE_ITEMS_PER_CALL]
+            try:
+                response = await self._stub.BatchGetLineItems(
+                    campaign_pb2.BatchGetLineItemsRequest(
+                        tenant_id=str(tenant_id), line_item_ids=[str(i) for i in chunk]
+                    ),
+                    metadata=forwarded(self._credentials),
+                    timeout=PEER_TIMEOUT_S,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise _unavailable(error) from None
+            for item in response.line_items:
+                line_item_id = uuid.UUID(item.id)
+                found[line_item_id] = LineItemFlight(
+                    line_item_id,
+                    uuid.UUID(item.campaign_id),
+                    _utc(item.flight_start_time) if item.HasField("flight_start_time") else None,
+                    _utc(item.flight_end_time) if item.HasField("flight_end_time") else None,
+                )
+        return found
 
     async def campaign(self, campaign_id: uuid.UUID, credentials: Metadata) -> CampaignFacts:
         try:
@@ -80,7 +174,7 @@ class Campaigns:
             model=c.attribution_model,
         )
 
-    async def line_items(
+    async def campaign_line_items(
         self, campaign_id: uuid.UUID, credentials: Metadata
     ) -> list[LineItemFacts]:
         out: list[LineItemFacts] = []
@@ -151,3 +245,31 @@ class Campaigns:
             if not token:
                 break
         return out
+
+
+def _utc(value: Timestamp) -> datetime:
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def _booking(p: campaign_pb2.Placement) -> SlotBooking:
+    cancelled = p.state == campaign_pb2.PLACEMENT_STATE_CANCELLED
+    return SlotBooking(
+        placement_id=uuid.UUID(p.id),
+        line_item_id=uuid.UUID(p.line_item_id),
+        campaign_id=uuid.UUID(p.campaign_id),
+        ad_slot_id=uuid.UUID(p.ad_slot_id),
+        podcast_id=uuid.UUID(p.podcast_id),
+        episode_id=uuid.UUID(p.episode_id),
+        flight_start=_utc(p.flight_start_time),
+        flight_end=_utc(p.flight_end_time),
+        cancel_time=_utc(p.update_time) if cancelled else None,
+        final=cancelled or p.state == campaign_pb2.PLACEMENT_STATE_COMPLETED,
+    )
+
+
+def _unavailable(error: grpc.aio.AioRpcError) -> Unavailable:
+    # The credential is the platform's and the request ours: any failure is the
+    # campaign service's state, not the caller's input.
+    return Unavailable(
+        f"the campaign service cannot answer now ({error.code().name}); send again later"
+    )

@@ -14,6 +14,8 @@ _BY_METHOD: dict[str, MethodRule] = {
     "ListSiteEvents": _READ,
     "IngestExposures": Permission.INGEST,
     "ListExposures": _READ,
+    # Analytics' exposure relay, which acts for no user.
+    "ApplyAdDeliveries": Permission.PLATFORM_ADMIN,
     "CreatePixel": _WRITE,
     "GetPixel": _READ,
     "ListPixels": _READ,

@@ -15,6 +15,7 @@ PostgreSQL. BENCH_SCALE shrinks the exposures, households and site events alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import random
@@ -71,10 +72,8 @@ def rss_kib(pid: int, field: str) -> int:
 async def sample_rss(pid: int, samples: list[int], stop: asyncio.Event) -> None:
     while not stop.is_set():
         samples.append(rss_kib(pid, "VmRSS"))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
-        except TimeoutError:
-            pass
 
 
 def household(n: int) -> bytes:

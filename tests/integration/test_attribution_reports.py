@@ -146,7 +146,8 @@ async def test_last_touch_by_hand(
     assert (t.impressions, t.households_reached) == (5, 4)
     assert t.frequency == 1.25
     assert (t.visitors, t.visit_rate, t.leads, t.purchases) == (1, 0.25, 1, 1)
-    assert t.revenue.minor_units == 10_000 and t.revenue.currency_code == "USD"
+    assert t.revenue.minor_units == 10_000
+    assert t.revenue.currency_code == "USD"
     assert t.promo_code_purchases == 1
     by = rows(r)
     a, b = by[world.a], by[world.b]
@@ -165,7 +166,8 @@ async def test_last_touch_by_hand(
     assert [windows[30].leads, windows[30].purchases] == [1, 1]
     un = r.unattributed
     assert (un.visitors, un.leads, un.purchases, un.revenue.minor_units) == (1, 0, 2, 5_700)
-    assert r.window_days == 7 and r.model == mpb.ATTRIBUTION_MODEL_LAST_TOUCH
+    assert r.window_days == 7
+    assert r.model == mpb.ATTRIBUTION_MODEL_LAST_TOUCH
     assert r.start_time == world.campaign.flight_start_time
     assert r.HasField("data_end_time")
     pacing = await campaigns.GetPacing(
@@ -295,7 +297,8 @@ async def test_list_conversions_newest_first_with_credits(
         metadata=key,
     )
     (lead,) = first.conversions
-    assert lead.site_event_id == "l2" and lead.type == pb.SITE_EVENT_TYPE_LEAD
+    assert lead.site_event_id == "l2"
+    assert lead.type == pb.SITE_EVENT_TYPE_LEAD
     assert [t.exposure_id for t in lead.touchpoints] == ["e3"]
     assert lead.touchpoints[0].credit == 1
     assert first.next_page_token

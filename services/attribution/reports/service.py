@@ -104,7 +104,7 @@ class Reports:
     ) -> tuple[CampaignFacts, list[LineItemFacts]]:
         campaign, line_items = await asyncio.gather(
             self._campaigns.campaign(campaign_id, credentials),
-            self._campaigns.line_items(campaign_id, credentials),
+            self._campaigns.campaign_line_items(campaign_id, credentials),
         )
         return campaign, line_items
 
