@@ -27,6 +27,10 @@ _BY_METHOD: dict[str, MethodRule] = {
     # Campaign pacing asks with its caller's credential; whoever may read a
     # campaign's pacing may read the deliveries behind it.
     "CountAdDeliveries": Permission.CAMPAIGN_READ,
+    # Attribution asks with its caller's credential for a campaign report's control
+    # group; whoever may read attribution reports may read the (hashed) households
+    # behind their lift.
+    "ListPodcastHouseholds": Permission.ATTRIBUTION_READ,
     # The tenant service's billing asks for any tenant it meters, from its usage
     # reporter, which acts for no user; so only the platform administrator, and a
     # tenant's own credential never reads another's usage.

@@ -18,6 +18,7 @@ from services.analytics.peers import CatalogReleases, TenantProfiles
 from services.analytics.permissions import RULES, SERVICE, inputs
 from services.analytics.prefix import receiver as prefix_receiver
 from services.analytics.queries.ad_deliveries import AdDeliveryCounter
+from services.analytics.queries.households import PodcastHouseholds
 from services.analytics.queries.ingest_usage import IngestUsageReader
 from services.analytics.queries.metrics import MetricsReader
 from services.analytics.queries.report_cache import ReportCache
@@ -72,6 +73,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
         reports,
         AdDeliveryCounter(resources.db, tenants),
         IngestUsageReader(resources.db),
+        PodcastHouseholds(resources.db),
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
     start_audit_relay(resources, settings.audit_relay_interval_s)

@@ -3,7 +3,7 @@ nothing else. Each RPC belongs to one collaborator: MetricsReader (reports, insi
 QueryMetrics answers go through the ReportCache), LiveWatcher (WatchMetrics),
 CountingSettingsStore (counting filters), Ingestor (ingestion, which speaks the
 ingestion messages itself), CountRebuilder (rebuilds), AdDeliveryCounter (campaign
-pacing) and IngestUsageReader (billing)."""
+pacing), PodcastHouseholds (attribution's lift) and IngestUsageReader (billing)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from services.analytics.ingest.rebuild import CountRebuilder
 from services.analytics.live.watch import LiveCounters, LiveWatcher
 from services.analytics.queries.ad_deliveries import AdDeliveryCounter, SlotRange
 from services.analytics.queries.funnel_report import funnel_to_pb
+from services.analytics.queries.households import HouseholdsQuery, PodcastHouseholds
 from services.analytics.queries.ingest_usage import IngestUsageReader, month_start
 from services.analytics.queries.insights import AnomalyDirection
 from services.analytics.queries.metrics import MetricsReader
@@ -160,8 +161,10 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         reports: ReportCache[pb.QueryMetricsResponse],
         ad_deliveries: AdDeliveryCounter,
         ingest_usage: IngestUsageReader,
+        households: PodcastHouseholds,
     ) -> None:
         self._ad_deliveries = ad_deliveries
+        self._households = households
         self._ingest_usage = ingest_usage
         self._metrics = metrics
         self._reports = reports
@@ -452,6 +455,27 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             time_zone=counts.time_zone,
             complete_until_time=timestamp(counts.complete_until),
         )
+
+    # Attribution
+
+    async def ListPodcastHouseholds(
+        self, request: pb.ListPodcastHouseholdsRequest, context: Any
+    ) -> AsyncIterator[pb.ListPodcastHouseholdsResponse]:
+        start, end = instant(request, "start_time"), instant(request, "end_time")
+        if start is None or end is None:
+            raise InvalidArgument.field(
+                "start_time" if start is None else "end_time",
+                "start_time and end_time are required",
+            )
+        query = HouseholdsQuery(
+            podcast_ids=[
+                parse_uuid(p, f"podcast_ids[{i}]") for i, p in enumerate(request.podcast_ids)
+            ],
+            start=start,
+            end=end,
+        )
+        async for chunk in self._households.chunks(current_tenant_id(), query):
+            yield pb.ListPodcastHouseholdsResponse(household_ids=chunk)
 
     # Billing
 

@@ -10,15 +10,17 @@ row-level security, so another tenant's campaign is NOT_FOUND there, and so here
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
+from podmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from podmesh.campaign.v1 import campaign_pb2, campaign_pb2_grpc
 
+from services.shared.client_ip import ID_BYTES
 from services.shared.errors import Unavailable
 from services.shared.peers import Metadata, forwarded, peer_error
 
@@ -29,6 +31,8 @@ LINE_ITEMS_PER_CALL = 1_000
 
 
 # Pacing counts a campaign's deliveries in analytics first.
+# Streaming a large campaign's households takes a few seconds of the peer's time.
+HOUSEHOLDS_TIMEOUT_S = 60.0
 PACING_TIMEOUT_S = 20.0
 _PAGE = 200
 _MAX_PAGES = 50
@@ -245,6 +249,35 @@ class Campaigns:
             if not token:
                 break
         return out
+
+
+class Analytics:
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+
+    async def podcast_households(
+        self,
+        podcast_ids: Sequence[uuid.UUID],
+        start: datetime,
+        end: datetime,
+        credentials: Metadata,
+    ) -> AsyncIterator[list[bytes]]:
+        """The distinct households with a counted download of the podcasts' episodes
+        in [start, end), a chunk at a time (ListPodcastHouseholds)."""
+        request = analytics_pb2.ListPodcastHouseholdsRequest(
+            podcast_ids=[str(p) for p in podcast_ids]
+        )
+        request.start_time.FromDatetime(start.astimezone(UTC))
+        request.end_time.FromDatetime(end.astimezone(UTC))
+        call = self._stub.ListPodcastHouseholds(
+            request, metadata=forwarded(credentials), timeout=HOUSEHOLDS_TIMEOUT_S
+        )
+        try:
+            async for response in call:
+                packed = response.household_ids
+                yield [packed[i : i + ID_BYTES] for i in range(0, len(packed), ID_BYTES)]
+        except grpc.aio.AioRpcError as error:
+            raise peer_error(error, "analytics") from None
 
 
 def _utc(value: Timestamp) -> datetime:

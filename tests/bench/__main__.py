@@ -25,6 +25,7 @@ BENCHMARKS = (
     "tests.bench.strict_json",
     "tests.bench.prefix",
     "tests.bench.failover",
+    "tests.bench.attribution_lift",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -53,6 +54,8 @@ SUMMARY = (
     "failover_seconds",
     "analytics_rss_mb_success",
     "analytics_rss_mb_failing",
+    "attribution_lift_households_stream_seconds",
+    "attribution_lift_control_group_seconds",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 

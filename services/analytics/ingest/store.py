@@ -723,15 +723,18 @@ async def insert_downloads(
     podcasts: Mapping[str, str],
     user_agent_lists: str,
 ) -> list[Download]:
-    """Stores new downloads with the version of the User-Agent lists that classified them."""
+    """Stores new downloads with their household and the version of the User-Agent
+    lists that classified them."""
     if not downloads:
         return []
     returned = await conn.fetch(
         """
         INSERT INTO downloads (tenant_id, episode_id, listener_id, window_start, podcast_id,
-            download_time, app, device_class, os, country_code, region_code, user_agent_lists)
-        SELECT $1, k.*, '', $11 FROM unnest($2::uuid[], $3::bytea[], $4::timestamptz[],
-            $5::uuid[], $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[]) AS k
+            download_time, app, device_class, os, country_code, household_id, region_code,
+            user_agent_lists)
+        SELECT $1, k.*, '', $12 FROM unnest($2::uuid[], $3::bytea[], $4::timestamptz[],
+            $5::uuid[], $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
+            $11::bytea[]) AS k
         ON CONFLICT DO NOTHING
         RETURNING episode_id, listener_id, window_start
         """,
@@ -745,6 +748,7 @@ async def insert_downloads(
         [_stored(d.device_class.value, "unknown") for d in downloads],
         [_stored(d.os, UNKNOWN) for d in downloads],
         [_stored(d.country, UNKNOWN_COUNTRY) for d in downloads],
+        [d.household_id for d in downloads],
         user_agent_lists,
     )
     return _affected(downloads, returned, _download_key)
