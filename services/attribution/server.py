@@ -10,7 +10,7 @@ from services.attribution.exposures import servicer as exposure_rpcs
 from services.attribution.exposures.bookings import SlotBookings
 from services.attribution.exposures.operations import Exposures, ExposureSettings
 from services.attribution.exposures.repository import ExposureStore
-from services.attribution.peers import Campaigns
+from services.attribution.peers import Analytics, Campaigns
 from services.attribution.permissions import RULES, SERVICE
 from services.attribution.reports.cache import ReportCache
 from services.attribution.reports.conversions import Conversions
@@ -63,6 +63,7 @@ async def register(server: aio.Server, resources: Resources) -> None:
     reports = Reports(
         resources.db,
         campaigns,
+        Analytics(resources.channel("analytics")),
         ReportCache(resources.redis, ttl_s=settings.attribution_report_cache_ttl_s),
     )
     servicer = AttributionServicer(  # type: ignore[abstract]

@@ -170,6 +170,9 @@ async def test_last_touch_by_hand(
     assert r.model == mpb.ATTRIBUTION_MODEL_LAST_TOUCH
     assert r.start_time == world.campaign.flight_start_time
     assert r.HasField("data_end_time")
+    # Four exposed households and no downloaders in analytics: too few to say anything.
+    assert not r.HasField("lift")
+    assert "household" in r.lift_unavailable_reason
     pacing = await campaigns.GetPacing(
         cpb.GetPacingRequest(campaign_id=world.campaign.id),
         metadata=bearer(world.tenant.owner_key),

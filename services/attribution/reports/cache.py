@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from services.attribution.models import Model
 from services.attribution.reports.domain import Credited, Reach, Unattributed
-from services.attribution.reports.report import Core
+from services.attribution.reports.report import Core, LiftResult
 
 log = logging.getLogger("podmesh.attribution.reports")
 
@@ -61,6 +61,8 @@ def _base(core: Core) -> dict[str, Any]:
             core.unattributed.revenue_minor,
         ],
         "data_end": core.data_end.isoformat(),
+        "lift": core.lift.message.hex() if core.lift.message is not None else None,
+        "lift_reason": core.lift.unavailable_reason,
     }
 
 
@@ -79,6 +81,10 @@ def _core(base: dict[str, Any], credited: dict[Model, Credited]) -> Core:
         promo_purchases=dict(base["promo"]),
         unattributed=Unattributed(*base["unattributed"]),
         data_end=datetime.fromisoformat(base["data_end"]),
+        lift=LiftResult(
+            bytes.fromhex(base["lift"]) if base["lift"] is not None else None,
+            base["lift_reason"],
+        ),
         credited=credited,
     )
 

@@ -170,7 +170,7 @@ class Conversions:
                     window=window,
                     sponsor_campaigns=(campaign.id,),
                 )
-                inputs = await read_inputs(conn, scope)
+                _, inputs = await read_inputs(conn, scope)
                 weights = fit(model, inputs)
                 index = {li: i + 1 for i, li in enumerate(inputs.line_items)}
         by_event: dict[str, list[asyncpg.Record]] = {}

@@ -68,9 +68,9 @@ class Row:
 
 @dataclass(frozen=True)
 class LiftResult:
-    """attr-lift's figures, or the reason there are none."""
+    """The lift as a serialized podmesh.attribution.v1.Lift, or why there is none."""
 
-    values: Mapping[str, float]
+    message: bytes | None
     unavailable_reason: str
 
 
@@ -87,7 +87,7 @@ class CampaignReport:
     rows: tuple[Row, ...]
     unattributed: Unattributed
     data_end: datetime
-    lift: LiftResult | None
+    lift: LiftResult
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class Core:
     promo_purchases: dict[str, int]
     unattributed: Unattributed
     data_end: datetime
+    lift: LiftResult
     credited: dict[Model, Credited]
 
 
@@ -181,7 +182,6 @@ def assemble(
     breakdown: Breakdown,
     line_items: Sequence[LineItemFacts],
     spend: Mapping[uuid.UUID, int],
-    lift: LiftResult | None,
 ) -> CampaignReport:
     credited = core.credited[model]
     facts = {item.id: item for item in line_items}
@@ -244,5 +244,5 @@ def assemble(
         rows=tuple(rows),
         unattributed=core.unattributed,
         data_end=core.data_end,
-        lift=lift,
+        lift=core.lift,
     )

@@ -134,7 +134,9 @@ class _Matcher:
         self.pairs: Counter[tuple[int, int]] = Counter()
         self.line_item_reach: Counter[int] = Counter()
         self.podcast_reach: Counter[int] = Counter()
-        self.reached = 0
+        self.reached: set[bytes] = set()
+        self.visitors: set[bytes] = set()
+        self.purchasers: set[bytes] = set()
         self.nonconverting: Counter[tuple[int, ...]] = Counter()
         # Per household, the conversions no exposure of this campaign explains, and its
         # page views when none of them is explained.
@@ -153,7 +155,7 @@ class _Matcher:
         first = bisect_left(times, self.start)
         last = bisect_left(times, self.end, first)
         if first < last:
-            self.reached += 1
+            self.reached.add(household)
             own_channels = channels[first:last]
             own_podcasts = podcasts[first:last]
             self.pairs.update(zip(own_channels, own_podcasts, strict=True))
@@ -184,6 +186,10 @@ class _Matcher:
             lo = bisect_left(times, at - self.window_us, first, last)
             hi = bisect_right(times, at, lo, last)
             touched = hi > lo
+            if touched and kind == EventKind.VISIT:
+                self.visitors.add(household)
+            elif touched and kind == EventKind.PURCHASE:
+                self.purchasers.add(household)
             if touched and not (kind == EventKind.VISIT and visited):
                 self.events.append(
                     CreditedEvent(
@@ -238,7 +244,20 @@ def _unattributed(
     return Unattributed(visitors, leads, purchases, revenue)
 
 
-async def read_inputs(conn: asyncpg.Connection, scope: Scope) -> Inputs:
+@dataclass(frozen=True)
+class LiftGroups:
+    """The households the lift compares: the exposed (reached in the period) with their
+    visitors and purchasers as the report credits them, and the sponsor's households
+    with a page view or a purchase in [start, end + window), for the control group."""
+
+    exposed: set[bytes]
+    exposed_visitors: set[bytes]
+    exposed_purchasers: set[bytes]
+    site_visitors: set[bytes]
+    site_purchasers: set[bytes]
+
+
+async def read_inputs(conn: asyncpg.Connection, scope: Scope) -> tuple[LiftGroups, Inputs]:
     """Everything one report is computed from, in the caller's tenant transaction."""
     for setting in _SETTINGS:
         await conn.execute(setting)
@@ -263,6 +282,10 @@ async def read_inputs(conn: asyncpg.Connection, scope: Scope) -> Inputs:
             (row["at"], row["event_type"], row["value_minor"])
         )
 
+    site_visitors = {h for h, own in events.items() if any(e[1] == EventKind.VISIT for e in own)}
+    site_purchasers = {
+        h for h, own in events.items() if any(e[1] == EventKind.PURCHASE for e in own)
+    }
     matcher = _Matcher(_micros(scope.start), _micros(scope.end), window_us)
     async for row in conn.cursor(
         _HOUSEHOLDS,
@@ -300,10 +323,17 @@ async def read_inputs(conn: asyncpg.Connection, scope: Scope) -> Inputs:
             _PROMO, scope.tenant_id, scope.sponsor_id, scope.start, scope.conversions_end
         )
     }
-    return Inputs(
+    groups = LiftGroups(
+        exposed=matcher.reached,
+        exposed_visitors=matcher.visitors,
+        exposed_purchasers=matcher.purchasers,
+        site_visitors=site_visitors,
+        site_purchasers=site_purchasers,
+    )
+    return groups, Inputs(
         line_items=line_items,
         podcasts=podcasts,
-        total=Reach(sum(matcher.pairs.values()), matcher.reached),
+        total=Reach(sum(matcher.pairs.values()), len(matcher.reached)),
         by_line_item=_reach(matcher.pairs, matcher.line_item_reach, 0),
         by_podcast=_reach(matcher.pairs, matcher.podcast_reach, 1),
         impressions_by_pair=dict(matcher.pairs),

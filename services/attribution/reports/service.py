@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from services.attribution.lift.control import ExposedHouseholds, campaign_lift
+from services.attribution.lift.messages import lift_to_pb
 from services.attribution.models import DEFAULT_HALF_LIFE_S, Model
-from services.attribution.peers import CampaignFacts, Campaigns, LineItemFacts
+from services.attribution.peers import Analytics, CampaignFacts, Campaigns, LineItemFacts
 from services.attribution.reports.cache import ReportCache, period_key
 from services.attribution.reports.domain import Breakdown, credit_models
 from services.attribution.reports.report import (
@@ -22,10 +24,10 @@ from services.attribution.reports.report import (
     assemble,
     line_item_spend,
 )
-from services.attribution.reports.repository import Scope, read_inputs
+from services.attribution.reports.repository import LiftGroups, Scope, read_inputs
 from services.attribution.reports.versions import current_version
 from services.shared.db import Database
-from services.shared.errors import InvalidArgument
+from services.shared.errors import DomainError, InvalidArgument
 from services.shared.peers import Metadata
 
 log = logging.getLogger("podmesh.attribution.reports")
@@ -35,6 +37,7 @@ MAX_WINDOW_DAYS = 90
 # A report reads every exposure of its period: at most this long.
 MAX_PERIOD = timedelta(days=400)
 ALL_MODELS = tuple(Model)
+_NO_CONTROL = "the control group cannot be read from analytics now"
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,12 @@ def resolve(
 
 
 class Reports:
-    def __init__(self, db: Database, campaigns: Campaigns, cache: ReportCache) -> None:
+    def __init__(
+        self, db: Database, campaigns: Campaigns, analytics: Analytics, cache: ReportCache
+    ) -> None:
         self._db = db
         self._campaigns = campaigns
+        self._analytics = analytics
         self._cache = cache
 
     async def campaign(
@@ -132,7 +138,6 @@ class Reports:
             needed.append(own_model)
         core = await self._core(tenant_id, period, needed, credentials)
         by_line_item = line_item_spend(core, line_items, spend.by_line_item, own_model)
-        lift = LiftResult({}, "lift is not computed for this report")
         return [
             assemble(
                 core,
@@ -145,7 +150,6 @@ class Reports:
                 breakdown=request.breakdown,
                 line_items=line_items,
                 spend=by_line_item,
-                lift=lift,
             )
             for model in period.models
         ]
@@ -185,8 +189,10 @@ class Reports:
         )
         began = time.perf_counter()
         async with self._db.tenant_transaction(tenant_id) as conn:
-            inputs = await read_inputs(conn, scope)
+            groups, inputs = await read_inputs(conn, scope)
         read_s = time.perf_counter() - began
+        lift = await self._lift(scope, inputs.podcasts, groups, credentials)
+        del groups
         # Seconds of arithmetic for a large campaign: off the event loop, so the
         # service keeps answering health checks and other calls meanwhile.
         credited = await asyncio.to_thread(
@@ -213,7 +219,35 @@ class Reports:
             promo_purchases=inputs.promo_purchases,
             unattributed=inputs.unattributed,
             data_end=inputs.data_end,
+            lift=lift,
             credited=credited,
         )
-        await self._cache.put(key, version, core)
+        if lift.message is not None or not lift.unavailable_reason.startswith(_NO_CONTROL):
+            await self._cache.put(key, version, core)
         return core
+
+    async def _lift(
+        self,
+        scope: Scope,
+        podcasts: list[uuid.UUID],
+        groups: LiftGroups,
+        credentials: Metadata,
+    ) -> LiftResult:
+        try:
+            result = await campaign_lift(
+                self._analytics,
+                credentials,
+                podcasts,
+                scope.start,
+                scope.end,
+                ExposedHouseholds(
+                    groups.exposed, groups.exposed_visitors, groups.exposed_purchasers
+                ),
+                groups.site_visitors,
+                groups.site_purchasers,
+            )
+        except DomainError as error:
+            # The report stands without its lift; the next call asks analytics again.
+            return LiftResult(None, f"{_NO_CONTROL}: {error.message}")
+        message, reason = lift_to_pb(result)
+        return LiftResult(message.SerializeToString() if message is not None else None, reason)

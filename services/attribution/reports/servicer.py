@@ -171,11 +171,10 @@ def report_to_pb(r: CampaignReport) -> pb.CampaignReport:
         ),
         data_end_time=timestamp(r.data_end),
     )
-    if r.lift is not None:
-        if r.lift.unavailable_reason:
-            out.lift_unavailable_reason = r.lift.unavailable_reason
-        else:
-            out.lift.CopyFrom(pb.Lift(**r.lift.values))  # type: ignore[arg-type]
+    if r.lift.message is not None:
+        out.lift.CopyFrom(pb.Lift.FromString(r.lift.message))
+    else:
+        out.lift_unavailable_reason = r.lift.unavailable_reason
     return out
 
 
