@@ -16,13 +16,19 @@ _IPV6_PREFIX = 64
 
 
 def client_address(metadata: Iterable[tuple[str, str | bytes]], peer: str) -> str:
+    return normalised(client_ip(metadata, peer))
+
+
+def client_ip(metadata: Iterable[tuple[str, str | bytes]], peer: str) -> str:
+    """The client's address as Envoy saw it, not normalised: what household ids are
+    hashed from (services.shared.client_ip normalises it itself)."""
     forwarded = ""
     for key, value in metadata:
         if key == "x-forwarded-for" and isinstance(value, str):
             forwarded = value
     if forwarded:
-        return normalised(forwarded.rsplit(",", 1)[-1])
-    return normalised(_peer_host(peer))
+        return forwarded.rsplit(",", 1)[-1].strip()
+    return _peer_host(peer)
 
 
 def normalised(text: str) -> str:
