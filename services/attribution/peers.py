@@ -280,6 +280,23 @@ class Analytics:
             raise peer_error(error, "analytics") from None
 
 
+class CampaignPeer:
+    def __init__(self, channel: aio.Channel) -> None:
+        self._stub = campaign_pb2_grpc.CampaignServiceStub(channel)
+
+    async def sponsor(self, sponsor_id: uuid.UUID, credentials: Metadata) -> campaign_pb2.Sponsor:
+        """The caller's tenant's sponsor; NotFound when it has none with this id."""
+        try:
+            response = await self._stub.GetSponsor(
+                campaign_pb2.GetSponsorRequest(sponsor_id=str(sponsor_id)),
+                metadata=forwarded(credentials),
+                timeout=PEER_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise peer_error(error, "campaign", not_found=("sponsor", str(sponsor_id))) from None
+        return response.sponsor
+
+
 def _utc(value: Timestamp) -> datetime:
     return value.ToDatetime(tzinfo=UTC)
 

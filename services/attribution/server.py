@@ -6,30 +6,30 @@ from grpc import aio
 from podmesh.attribution.v1 import attribution_pb2_grpc
 from pydantic import Field
 
+from services.attribution import permissions
 from services.attribution.exposures import servicer as exposure_rpcs
 from services.attribution.exposures.bookings import SlotBookings
 from services.attribution.exposures.operations import Exposures, ExposureSettings
 from services.attribution.exposures.repository import ExposureStore
-from services.attribution.peers import Analytics, Campaigns
+from services.attribution.peers import Analytics, CampaignPeer, Campaigns
 from services.attribution.permissions import RULES, SERVICE
 from services.attribution.reports.cache import ReportCache
 from services.attribution.reports.conversions import Conversions
 from services.attribution.reports.service import Reports
 from services.attribution.servicer import AttributionServicer
+from services.attribution.sites.limits import PixelRateLimiter
+from services.attribution.sites.service import SiteEvents, SiteSettings
+from services.attribution.sites.store import SiteEventStore
 from services.shared.config import Settings
 from services.shared.inputs import InputRules
 from services.shared.leases import PeriodicLease
 from services.shared.server import Resources, ServiceDefinition
 
 
-class AttributionSettings(Settings):
+class AttributionSettings(SiteSettings):
     # Computed reports are reused while the tenant's attribution version holds, at most
     # this long (0 turns the cache off).
     attribution_report_cache_ttl_s: int = Field(default=600, ge=0)
-    # Raw site events and exposures are kept this long, like listener requests.
-    raw_retention_days: int = Field(default=180, ge=31)
-    # How often partitions are made ahead and old days dropped.
-    maintenance_interval_s: float = Field(default=3600.0, gt=0)
     # How long a booked or live placement is trusted from memory (a cancellation
     # reaches exposures within this); completed and cancelled ones never change.
     placement_cache_ttl_s: float = Field(default=30.0, gt=0)
@@ -38,6 +38,21 @@ class AttributionSettings(Settings):
 async def register(server: aio.Server, resources: Resources) -> None:
     settings = resources.settings
     assert isinstance(settings, AttributionSettings)
+    sites = SiteEvents(
+        await SiteEventStore.create(resources.db),
+        CampaignPeer(resources.channel("campaign")),
+        PixelRateLimiter(resources.redis, settings.pixel_calls_per_minute),
+        settings,
+    )
+    sites.start_upkeep(
+        PeriodicLease(
+            resources.db,
+            resources.redis,
+            "attribution",
+            "site-events-upkeep",
+            settings.maintenance_interval_s,
+        )
+    )
     campaigns = Campaigns(resources.channel("campaign"), settings.admin_token.get_secret_value())
     exposures = Exposures(
         resources.db,
@@ -66,7 +81,9 @@ async def register(server: aio.Server, resources: Resources) -> None:
         Analytics(resources.channel("analytics")),
         ReportCache(resources.redis, ttl_s=settings.attribution_report_cache_ttl_s),
     )
-    servicer = AttributionServicer(  # type: ignore[abstract]
+    servicer = AttributionServicer(
+        sites=sites,
+        page_tokens=resources.page_tokens,
         exposures=exposures,
         reports=reports,
         conversions=Conversions(resources.db, campaigns, resources.page_tokens),
@@ -75,7 +92,10 @@ async def register(server: aio.Server, resources: Resources) -> None:
 
 
 def inputs(settings: Settings) -> InputRules:
-    return {f"/{SERVICE}/{method}": rule for method, rule in exposure_rpcs.INPUTS.items()}
+    return {
+        **permissions.inputs(settings),
+        **{f"/{SERVICE}/{method}": rule for method, rule in exposure_rpcs.INPUTS.items()},
+    }
 
 
 DEFINITION = ServiceDefinition(

@@ -13,14 +13,27 @@ from services.attribution.exposures.servicer import ExposureRpcs
 from services.attribution.reports.conversions import Conversions
 from services.attribution.reports.service import Reports
 from services.attribution.reports.servicer import ReportRpcs
+from services.attribution.sites.service import SiteEvents
+from services.attribution.sites.servicer import SiteEventRpcs
+from services.shared.pagination import PageTokens
 
 
 class AttributionServicer(
-    ExposureRpcs, ReportRpcs, attribution_pb2_grpc.AttributionServiceServicer
+    SiteEventRpcs, ExposureRpcs, ReportRpcs, attribution_pb2_grpc.AttributionServiceServicer
 ):
     """The attribution API: pixels and site events, exposures, reports."""
 
-    def __init__(self, *, exposures: Exposures, reports: Reports, conversions: Conversions) -> None:
+    def __init__(
+        self,
+        *,
+        sites: SiteEvents,
+        page_tokens: PageTokens,
+        exposures: Exposures,
+        reports: Reports,
+        conversions: Conversions,
+    ) -> None:
+        self._sites = sites
+        self._page_tokens = page_tokens
         self._exposures = exposures
         self._reports = reports
         self._conversions = conversions
