@@ -26,6 +26,7 @@ BENCHMARKS = (
     "tests.bench.prefix",
     "tests.bench.failover",
     "tests.bench.attribution_lift",
+    "tests.bench.attribution_report",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -56,6 +57,9 @@ SUMMARY = (
     "analytics_rss_mb_failing",
     "attribution_lift_households_stream_seconds",
     "attribution_lift_control_group_seconds",
+    "attribution_report_seconds_cold",
+    "attribution_report_seconds_warm",
+    "attribution_report_rss_mb",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 
