@@ -104,6 +104,7 @@ class Reports:
         self._campaigns = campaigns
         self._analytics = analytics
         self._cache = cache
+        self._computing: dict[tuple[str, int, tuple[Model, ...]], asyncio.Future[Core]] = {}
 
     async def campaign(
         self, campaign_id: uuid.UUID, credentials: Metadata
@@ -174,6 +175,33 @@ class Reports:
         cached = await self._cache.get(key, version, models)
         if cached is not None:
             return ReportCache.core(*cached)
+        # Concurrent askers of one report (a dashboard's viewers) wait for one computation.
+        flight = (key, version, tuple(models))
+        running = self._computing.get(flight)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[Core] = asyncio.get_running_loop().create_future()
+        self._computing[flight] = future
+        try:
+            core = await self._compute(tenant_id, period, models, credentials)
+        except BaseException as error:
+            future.set_exception(error)
+            # Waiters see the error; nobody else has to retrieve it.
+            future.exception()
+            raise
+        finally:
+            del self._computing[flight]
+        future.set_result(core)
+        if core.lift.message is not None or not core.lift.unavailable_reason.startswith(
+            _NO_CONTROL
+        ):
+            await self._cache.put(key, version, core)
+        return core
+
+    async def _compute(
+        self, tenant_id: uuid.UUID, period: Period, models: list[Model], credentials: Metadata
+    ) -> Core:
+        campaign = period.campaign
         sponsor_campaigns = await self._campaigns.sponsor_campaign_ids(
             campaign.sponsor_id, credentials
         )
@@ -209,7 +237,7 @@ class Reports:
                 }
             },
         )
-        core = Core(
+        return Core(
             line_items=inputs.line_items,
             podcasts=inputs.podcasts,
             total=inputs.total,
@@ -222,9 +250,6 @@ class Reports:
             lift=lift,
             credited=credited,
         )
-        if lift.message is not None or not lift.unavailable_reason.startswith(_NO_CONTROL):
-            await self._cache.put(key, version, core)
-        return core
 
     async def _lift(
         self,
