@@ -257,12 +257,13 @@ class _Shares:
 
     def __init__(self, model: Model, weights: DataDrivenWeights | None) -> None:
         self._model = model
+        self._data_driven = model.data_driven
         self._weights = weights
         self._memo: dict[object, tuple[list[int], int, list[int]]] = {}
 
     def of(self, channels: tuple[int, ...]) -> tuple[list[int], int, list[int]]:
         """Numerators, denominator and the GRID units of one event's touches."""
-        key: object = channels if self._model.data_driven else len(channels)
+        key: object = channels if self._data_driven else len(channels)
         found = self._memo.get(key)
         if found is None:
             touches = _touches([0.0] * len(channels), channels)
