@@ -1,5 +1,6 @@
 """Attribution models: pure domain code, no gRPC and no SQL.
 
+- kinds: Model, numbered as podmesh.type.v1.AttributionModel.
 - touchpoints: Touchpoint, Path, in_window (the window and the tie-free order).
 - heuristic: first touch, last touch, linear, time decay, position based.
 - markov, shapley: the data-driven models, fitted on paths into DataDrivenWeights.

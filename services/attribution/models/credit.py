@@ -16,6 +16,8 @@ from services.attribution.models.kinds import Model
 from services.attribution.models.touchpoints import Touchpoint, ordered
 from services.attribution.models.weights import DataDrivenWeights, split
 
+_ONE = Fraction(1)
+
 
 def credits(
     model: Model | int,
@@ -25,7 +27,7 @@ def credits(
     half_life_s: float = heuristic.DEFAULT_HALF_LIFE_S,
     channel_weights: Mapping[str, Fraction] | None = None,
 ) -> list[Fraction]:
-    kind = Model(model)
+    kind = model if isinstance(model, Model) else Model(model)
     if not math.isfinite(conversion_time):
         raise ValueError("the conversion time must be finite")
     chain = ordered(touches)
@@ -33,7 +35,13 @@ def credits(
         return []
     if chain[-1].time > conversion_time:
         raise ValueError("a touch after the conversion cannot share its credit")
+    if kind is Model.TIME_DECAY and not (math.isfinite(half_life_s) and half_life_s > 0):
+        raise ValueError("the half-life must be a positive number of seconds")
+    weights = _weights_for(kind, channel_weights)
     count = len(chain)
+    # Every model gives a lone touch everything; lone touches are the commonest path.
+    if count == 1:
+        return [_ONE]
     if kind is Model.FIRST_TOUCH:
         return list(heuristic.first_touch(count))
     if kind is Model.LAST_TOUCH:
@@ -43,13 +51,20 @@ def credits(
     if kind is Model.POSITION_BASED:
         return list(heuristic.position_based(count))
     if kind is Model.TIME_DECAY:
-        if not (math.isfinite(half_life_s) and half_life_s > 0):
-            raise ValueError("the half-life must be a positive number of seconds")
         return list(heuristic.time_decay(chain, half_life_s))
+    channels = tuple(t.channel for t in chain)
+    if isinstance(weights, DataDrivenWeights):
+        return list(weights.split(channels))
+    return list(split(weights, channels))
+
+
+def _weights_for(
+    kind: Model, channel_weights: Mapping[str, Fraction] | None
+) -> Mapping[str, Fraction]:
+    if not kind.data_driven:
+        return {}
     if channel_weights is None:
         raise ValueError(f"{kind.name} needs the channel weights fitted on the paths")
-    if isinstance(channel_weights, DataDrivenWeights):
-        if channel_weights.model is not kind:
-            raise ValueError(f"weights fitted for {channel_weights.model.name}, not {kind.name}")
-        return list(channel_weights.split(tuple(t.channel for t in chain)))
-    return list(split(channel_weights, tuple(t.channel for t in chain)))
+    if isinstance(channel_weights, DataDrivenWeights) and channel_weights.model is not kind:
+        raise ValueError(f"weights fitted for {channel_weights.model.name}, not {kind.name}")
+    return channel_weights

@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
+from itertools import repeat
 
 from services.attribution.models.touchpoints import Touchpoint
 
@@ -57,10 +58,10 @@ def position_based(count: int) -> tuple[Fraction, ...]:
 
 
 def time_decay(touches: Sequence[Touchpoint], half_life_s: float) -> tuple[Fraction, ...]:
-    newest = max(t.time for t in touches)
+    """`touches` in touch order, so the newest is the last."""
+    newest = touches[-1].time
     scaled = [
-        int(math.ldexp(2.0 ** (-(newest - t.time) / half_life_s), _WEIGHT_SCALE_BITS))
+        int(math.ldexp(2.0 ** ((t.time - newest) / half_life_s), _WEIGHT_SCALE_BITS))
         for t in touches
     ]
-    total = sum(scaled)
-    return tuple(Fraction(weight, total) for weight in scaled)
+    return tuple(map(Fraction, scaled, repeat(sum(scaled))))

@@ -51,6 +51,7 @@ def fit_markov(paths: Iterable[Path]) -> DataDrivenWeights:
     # Counted in a dict first: a numpy item update per transition costs far more.
     transitions: dict[tuple[int, int], int] = {}
     attributed = 0
+    converted_at_all = False
     total_paths = 0
     for (chain, converted), times in journeys.items():
         previous = 0
@@ -62,13 +63,11 @@ def fit_markov(paths: Iterable[Path]) -> DataDrivenWeights:
         step = (previous, conversion if converted else null)
         transitions[step] = transitions.get(step, 0) + times
         total_paths += times
+        converted_at_all = converted_at_all or converted
         if converted and chain:
             attributed += times
-    counts = np.zeros((transient, transient + 2))
-    for (source, target), times in transitions.items():
-        counts[source, target] = times
 
-    if attributed == 0:
+    if not converted_at_all:
         zero = {channel: Fraction(0) for channel in channels}
         return DataDrivenWeights(
             Model.MARKOV,
@@ -80,6 +79,9 @@ def fit_markov(paths: Iterable[Path]) -> DataDrivenWeights:
             0.0,
         )
 
+    counts = np.zeros((transient, transient + 2))
+    for (source, target), times in transitions.items():
+        counts[source, target] = times
     probabilities = counts / counts.sum(axis=1, keepdims=True)
     fundamental = np.linalg.inv(np.eye(transient) - probabilities[:, :transient])
     converts_from = fundamental @ probabilities[:, conversion]

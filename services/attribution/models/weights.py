@@ -5,7 +5,8 @@ their weights, and a channel's share equally over its touches in that path. When
 channel of the path weighs zero (all of them unseen in the fit, or never leading to a
 conversion there) the conversion falls back to linear credit, so the credits of every
 attributed conversion still sum to exactly 1. The split depends only on the sequence of
-channels, so it is computed once per distinct path shape.
+channels, so it is computed once per distinct path shape and kept as long as the fitted
+weights (one report's lifetime).
 """
 
 from __future__ import annotations
