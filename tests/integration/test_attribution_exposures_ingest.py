@@ -109,6 +109,7 @@ async def test_each_record_is_checked_alone_and_resends_are_duplicates(
         exposure(booked, 16, hour_ago, id="adserver-0"),
         exposure(booked, 17, hour_ago, country_code="USA"),
         exposure(booked, 18, hour_ago, placement_id=str(uuid.uuid4()), ad_slot_id=slot),
+        exposure(booked, 19, hour_ago, id="nul\0id"),
     ]
     expected_rejections = [
         (1, Reason.REJECTION_REASON_INVALID_ID),
@@ -127,6 +128,7 @@ async def test_each_record_is_checked_alone_and_resends_are_duplicates(
         (15, Reason.REJECTION_REASON_INVALID_FIELD),
         (17, Reason.REJECTION_REASON_INVALID_FIELD),
         (18, Reason.REJECTION_REASON_UNKNOWN_PLACEMENT),
+        (19, Reason.REJECTION_REASON_INVALID_ID),
     ]
     # An ingest-only key: it may not read campaigns, yet line items are checked.
     ingest_key = await api_key(tenants, booked.tenant.owner_key)

@@ -262,6 +262,9 @@ def _check(
 
     if not item.exposure_id or len(item.exposure_id) > MAX_ID_CHARS:
         return reject(Reason.INVALID_ID, f"id must have 1 to {MAX_ID_CHARS} characters")
+    # The shared input walk leaves records to this check: PostgreSQL cannot store NUL.
+    if "\0" in item.exposure_id:
+        return reject(Reason.INVALID_ID, "id contains a NUL character")
     if item.exposure_time is None:
         return reject(Reason.MISSING_TIME, "exposure_time is required")
     if item.exposure_time > now + timedelta(seconds=MAX_FUTURE_S):
