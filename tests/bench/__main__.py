@@ -25,6 +25,7 @@ BENCHMARKS = (
     "tests.bench.strict_json",
     "tests.bench.prefix",
     "tests.bench.failover",
+    "tests.bench.attribution_site_events",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -53,6 +54,9 @@ SUMMARY = (
     "failover_seconds",
     "analytics_rss_mb_success",
     "analytics_rss_mb_failing",
+    "attribution_site_events_per_s",
+    "attribution_site_events_copy_per_s",
+    "attribution_site_events_vs_copy_ratio",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 
