@@ -27,6 +27,7 @@ BENCHMARKS = (
     "tests.bench.failover",
     "tests.bench.attribution_lift",
     "tests.bench.attribution_report",
+    "tests.bench.attribution_site_events",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -60,6 +61,9 @@ SUMMARY = (
     "attribution_report_seconds_cold",
     "attribution_report_seconds_warm",
     "attribution_report_rss_mb",
+    "attribution_site_events_per_s",
+    "attribution_site_events_copy_per_s",
+    "attribution_site_events_vs_copy_ratio",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 

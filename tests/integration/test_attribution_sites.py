@@ -84,7 +84,8 @@ async def test_pixel_lifecycle(
     # The snippet names the pixel and the gateway, and holds no secret.
     assert f'"{pixel.id}"' in pixel.snippet
     assert f'"{stack.gateway_url}/api/v1/siteEvents:track"' in pixel.snippet
-    assert site.key not in pixel.snippet and "cookie" not in pixel.snippet.lower()
+    assert site.key not in pixel.snippet
+    assert "cookie" not in pixel.snippet.lower()
 
     got = await attribution.GetPixel(
         pb.GetPixelRequest(pixel_id=pixel.id), metadata=bearer(site.key)
@@ -364,9 +365,13 @@ async def test_an_oversized_stream_batch_ends_the_stream_after_the_batches_befor
         )
 
     acks: list[int] = []
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
+
+    async def receive() -> None:
         async for ack in attribution.StreamSiteEvents(requests(), metadata=bearer(site.key)):
             acks.append(ack.sequence)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await receive()
     assert acks == [1]
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(refused.value).reason == "BATCH_TOO_LARGE"
@@ -410,7 +415,8 @@ async def test_list_site_events_newest_first_with_filters_and_pages(
     assert seen == ["lead-1", "v4", "v3", "v2", "v1", "v0"]
     leads = await listed(attribution, site.key, types=[pb.SITE_EVENT_TYPE_LEAD])
     assert [e.id for e in leads] == ["lead-1"]
-    assert leads[0].pixel_id == site.pixel.id and leads[0].sponsor_id == site.sponsor_id
+    assert leads[0].pixel_id == site.pixel.id
+    assert leads[0].sponsor_id == site.sponsor_id
     window = await listed(
         attribution,
         site.key,

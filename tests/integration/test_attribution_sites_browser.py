@@ -151,5 +151,6 @@ window.fetch = function () {{
     assert (purchase.value.currency_code, purchase.value.minor_units) == ("EUR", 4999)
     assert (purchase.order_id, purchase.promo_code) == ("order-77", "PODCAST20")
     # Ids made in the browser: UUIDs, one per event.
-    assert len({view.id, purchase.id}) == 2 and all(len(e.id) == 36 for e in events)
+    assert len({view.id, purchase.id}) == 2
+    assert all(len(e.id) == 36 for e in events)
     assert all(e.receive_time.ToDatetime(UTC) >= started for e in events)

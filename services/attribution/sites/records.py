@@ -104,116 +104,43 @@ def check_batch(
     seen_ids: set[str] = set()
     seen_orders: set[str] = set()
     origin_ok: dict[uuid.UUID, bool] = {}
+    # Parsed once per batch: a batch names few pixels and sponsors, many times over.
+    ids: dict[str, uuid.UUID | None] = {}
     latest = now + MAX_FUTURE
     for index, event in enumerate(events):
-
-        def reject(reason: pb.RejectionReason, message: str) -> None:
+        problem = _problem(event, pixels, sponsors, request, origin_ok, ids, now, latest, oldest)
+        if isinstance(problem, _Rejected):
             out.rejections.append(
                 pb.Rejection(
-                    index=index,  # noqa: B023 - used before the loop moves on
-                    event_id=event.id[:MAX_ID_CHARS].replace("\0", ""),  # noqa: B023
-                    reason=reason,
-                    message=message,
+                    index=index,
+                    event_id=event.id[:MAX_ID_CHARS].replace("\0", ""),
+                    reason=problem.reason,
+                    message=problem.message,
                 )
             )
-
-        event_id = event.id
-        if not event_id or len(event_id) > MAX_ID_CHARS or "\0" in event_id:
-            reject(
-                pb.REJECTION_REASON_INVALID_ID,
-                f"id must be 1 to {MAX_ID_CHARS} characters without NUL",
-            )
             continue
-        if event.type not in _TYPES:
-            reject(pb.REJECTION_REASON_MISSING_TYPE, "type must be a page view, lead or purchase")
-            continue
-        too_long = _text_problem(event)
-        if too_long is not None:
-            reason, message = too_long
-            reject(reason, message)
-            continue
-        if event.HasField("event_time"):
-            try:
-                event_time = event.event_time.ToDatetime(UTC)
-            except (ValueError, OverflowError):
-                reject(pb.REJECTION_REASON_TIME_TOO_OLD, "event_time is not a valid instant")
-                continue
-            if event_time > latest:
-                reject(pb.REJECTION_REASON_TIME_IN_FUTURE, "event_time is over 5 minutes ahead")
-                continue
-            if event_time < oldest:
-                reject(
-                    pb.REJECTION_REASON_TIME_TOO_OLD,
-                    f"event_time is before {oldest.isoformat()}, past the raw-data retention",
-                )
-                continue
-        else:
-            event_time = now
-        pixel_id: uuid.UUID | None = None
-        if event.pixel_id:
-            pixel_id = _uuid(event.pixel_id)
-            pixel = pixels.get(pixel_id) if pixel_id is not None else None
-            if pixel is None:
-                reject(pb.REJECTION_REASON_UNKNOWN_PIXEL, "no pixel of this tenant has this id")
-                continue
-            if not pixel.active:
-                reject(pb.REJECTION_REASON_PIXEL_DISABLED, "the pixel is disabled")
-                continue
-            assert pixel_id is not None
-            if request.anonymous or request.origin:
-                ok = origin_ok.get(pixel_id)
-                if ok is None:
-                    ok = origin_ok[pixel_id] = origins.allowed(
-                        request.origin, pixel.allowed_origins, pixel.sponsor_domain
-                    )
-                if not ok:
-                    reject(
-                        pb.REJECTION_REASON_ORIGIN_NOT_ALLOWED,
-                        "the page's origin is not among the pixel's allowed origins",
-                    )
-                    continue
-            sponsor_id = pixel.sponsor_id
-            if event.sponsor_id and _uuid(event.sponsor_id) != sponsor_id:
-                reject(pb.REJECTION_REASON_UNKNOWN_SPONSOR, "sponsor_id is not the pixel's sponsor")
-                continue
-        elif event.sponsor_id:
-            if request.anonymous:
-                reject(
-                    pb.REJECTION_REASON_MISSING_SOURCE,
-                    "calls without a credential must name a pixel (pixel_id)",
-                )
-                continue
-            parsed = _uuid(event.sponsor_id)
-            if parsed is None or parsed not in sponsors:
-                reject(
-                    pb.REJECTION_REASON_UNKNOWN_SPONSOR,
-                    "no sponsor of this tenant with a pixel has this id",
-                )
-                continue
-            sponsor_id = parsed
-        else:
-            reject(pb.REJECTION_REASON_MISSING_SOURCE, "give pixel_id or sponsor_id")
-            continue
+        event_time, sponsor_id, pixel_id = problem
         value_minor = 0
         currency = ""
         if event.HasField("value"):
-            value = event.value
-            if value.minor_units < 0 or not _CURRENCY.match(value.currency_code):
-                reject(
-                    pb.REJECTION_REASON_INVALID_VALUE,
-                    "value needs an ISO 4217 currency code and minor_units of 0 or more",
-                )
-                continue
-            value_minor = value.minor_units
-            currency = value.currency_code
+            value_minor = event.value.minor_units
+            currency = event.value.currency_code
         # A pixel's page cannot choose its visitor's address: only credentialed callers
         # (servers relaying their visitors' events) may give one.
         client_ip = event.client_ip if event.client_ip and not request.anonymous else ""
         try:
             household_id = household(client_ip or request.client_ip)
         except InvalidIpError:
-            reject(pb.REJECTION_REASON_INVALID_CLIENT_IP, "client_ip is not an IP address")
+            out.rejections.append(
+                pb.Rejection(
+                    index=index,
+                    event_id=event.id,
+                    reason=pb.REJECTION_REASON_INVALID_CLIENT_IP,
+                    message="client_ip is not an IP address",
+                )
+            )
             continue
+        event_id = event.id
         if event_id in seen_ids:
             out.duplicates += 1
             continue
@@ -247,6 +174,106 @@ def check_batch(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    reason: pb.RejectionReason
+    message: str
+
+
+def _problem(
+    event: pb.SiteEvent,
+    pixels: Mapping[uuid.UUID, PixelInfo],
+    sponsors: frozenset[uuid.UUID],
+    request: Request,
+    origin_ok: dict[uuid.UUID, bool],
+    ids: dict[str, uuid.UUID | None],
+    now: datetime,
+    latest: datetime,
+    oldest: datetime,
+) -> _Rejected | tuple[datetime, uuid.UUID, uuid.UUID | None]:
+    """Why the event is rejected, or its time, sponsor and pixel."""
+    event_id = event.id
+    if not event_id or len(event_id) > MAX_ID_CHARS or "\0" in event_id:
+        return _Rejected(
+            pb.REJECTION_REASON_INVALID_ID,
+            f"id must be 1 to {MAX_ID_CHARS} characters without NUL",
+        )
+    if event.type not in _TYPES:
+        return _Rejected(
+            pb.REJECTION_REASON_MISSING_TYPE, "type must be a page view, lead or purchase"
+        )
+    text = _text_problem(event)
+    if text is not None:
+        return _Rejected(*text)
+    if event.HasField("event_time"):
+        stamp = event.event_time
+        try:
+            event_time = datetime.fromtimestamp(stamp.seconds, UTC).replace(
+                microsecond=stamp.nanos // 1000
+            )
+        except (ValueError, OverflowError, OSError):
+            return _Rejected(pb.REJECTION_REASON_TIME_TOO_OLD, "event_time is not a valid instant")
+        if event_time > latest:
+            return _Rejected(
+                pb.REJECTION_REASON_TIME_IN_FUTURE, "event_time is over 5 minutes ahead"
+            )
+        if event_time < oldest:
+            return _Rejected(
+                pb.REJECTION_REASON_TIME_TOO_OLD,
+                f"event_time is before {oldest.isoformat()}, past the raw-data retention",
+            )
+    else:
+        event_time = now
+    if event.pixel_id:
+        pixel_id = _cached_uuid(event.pixel_id, ids)
+        pixel = pixels.get(pixel_id) if pixel_id is not None else None
+        if pixel is None or pixel_id is None:
+            return _Rejected(
+                pb.REJECTION_REASON_UNKNOWN_PIXEL, "no pixel of this tenant has this id"
+            )
+        if not pixel.active:
+            return _Rejected(pb.REJECTION_REASON_PIXEL_DISABLED, "the pixel is disabled")
+        if request.anonymous or request.origin:
+            ok = origin_ok.get(pixel_id)
+            if ok is None:
+                ok = origin_ok[pixel_id] = origins.allowed(
+                    request.origin, pixel.allowed_origins, pixel.sponsor_domain
+                )
+            if not ok:
+                return _Rejected(
+                    pb.REJECTION_REASON_ORIGIN_NOT_ALLOWED,
+                    "the page's origin is not among the pixel's allowed origins",
+                )
+        if event.sponsor_id and _cached_uuid(event.sponsor_id, ids) != pixel.sponsor_id:
+            return _Rejected(
+                pb.REJECTION_REASON_UNKNOWN_SPONSOR, "sponsor_id is not the pixel's sponsor"
+            )
+        sponsor_id = pixel.sponsor_id
+    elif event.sponsor_id:
+        if request.anonymous:
+            return _Rejected(
+                pb.REJECTION_REASON_MISSING_SOURCE,
+                "calls without a credential must name a pixel (pixel_id)",
+            )
+        parsed = _cached_uuid(event.sponsor_id, ids)
+        if parsed is None or parsed not in sponsors:
+            return _Rejected(
+                pb.REJECTION_REASON_UNKNOWN_SPONSOR,
+                "no sponsor of this tenant with a pixel has this id",
+            )
+        sponsor_id, pixel_id = parsed, None
+    else:
+        return _Rejected(pb.REJECTION_REASON_MISSING_SOURCE, "give pixel_id or sponsor_id")
+    if event.HasField("value"):
+        value = event.value
+        if value.minor_units < 0 or not _CURRENCY.match(value.currency_code):
+            return _Rejected(
+                pb.REJECTION_REASON_INVALID_VALUE,
+                "value needs an ISO 4217 currency code and minor_units of 0 or more",
+            )
+    return event_time, sponsor_id, pixel_id
+
+
 def order_key_of(sponsor_id: uuid.UUID, order_id: str) -> str:
     """The idempotency key of a purchase's order (attribution_keys kind 2)."""
     return f"{sponsor_id}/{order_id}"
@@ -262,6 +289,13 @@ def _text_problem(event: pb.SiteEvent) -> tuple[pb.RejectionReason, str] | None:
         if "\0" in value:
             return pb.REJECTION_REASON_INVALID_TEXT, f"{name} contains a NUL character"
     return None
+
+
+def _cached_uuid(text: str, cache: dict[str, uuid.UUID | None]) -> uuid.UUID | None:
+    if text in cache:
+        return cache[text]
+    parsed = cache[text] = _uuid(text)
+    return parsed
 
 
 def _uuid(text: str) -> uuid.UUID | None:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from podmesh.attribution.v1 import attribution_pb2 as pb
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.attribution.peers import CampaignPeer
 from services.attribution.sites import origins
@@ -58,6 +58,16 @@ class SiteSettings(Settings):
     # Batches per stream between reading and acknowledging.
     site_events_max_in_flight: int = Field(default=4, ge=1, le=8)
     maintenance_interval_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("attribution_public_gateway_url")
+    @classmethod
+    def _gateway_url(cls, value: str) -> str:
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("http", "https") or not rest or any(c in value for c in " \"'<>\\"):
+            raise ValueError(
+                "the public gateway URL is an http(s) URL, e.g. https://api.example.com"
+            )
+        return value.rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,15 @@ class EventFilter:
     end: dt.datetime | None
 
 
+# Sorted, so concurrent batches sharing keys (resends) take their locks in one order.
+_INSERT_KEYS = """
+    INSERT INTO attribution_keys (tenant_id, kind, key, event_time)
+    SELECT $1, $2, k.key, k.event_time
+    FROM unnest($3::text[], $4::timestamptz[]) AS k (key, event_time)
+    ORDER BY k.key
+"""
+
+
 def partition_name(day: dt.date) -> str:
     return f"{_TABLE}_{day:%Y%m%d}"
 
@@ -242,19 +251,20 @@ class SiteEventStore:
         keys: Sequence[str],
         rows: Sequence[Row],
     ) -> set[str]:
-        records = await conn.fetch(
-            """
-            INSERT INTO attribution_keys (tenant_id, kind, key, event_time)
-            SELECT $1, $2, k.key, k.event_time FROM unnest($3::text[], $4::timestamptz[])
-                AS k (key, event_time)
-            ON CONFLICT DO NOTHING
-            RETURNING key
-            """,
-            tenant_id,
-            kind,
-            keys,
-            [row.event_time for row in rows],
-        )
+        """The keys this transaction stored; the others were stored before.
+
+        Fresh keys are the rule (resends are rare), so they are first inserted plainly,
+        which costs less than a speculative insert per key; only when one was stored
+        before do they go again, skipping the stored ones.
+        """
+        args = (tenant_id, kind, keys, [row.event_time for row in rows])
+        try:
+            async with conn.transaction():
+                await conn.execute(_INSERT_KEYS, *args)
+            return set(keys)
+        except asyncpg.UniqueViolationError:
+            pass
+        records = await conn.fetch(_INSERT_KEYS + " ON CONFLICT DO NOTHING RETURNING key", *args)
         return {r["key"] for r in records}
 
     async def _insert(self, conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
