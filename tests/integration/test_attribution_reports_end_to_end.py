@@ -197,11 +197,25 @@ async def test_feed_to_report_through_envoy(
     assert row["dimensionValue"] == booked.line_item.id
     assert row["metrics"]["purchases"] == 1
 
+    # The report is cached now; a site event stored afterwards changes the version it
+    # was cached under, so the next report counts it.
+    third = EXPOSED[2]
+    late = {"id": "lead-3", "type": "SITE_EVENT_TYPE_LEAD", "pixelId": pixel_id}
+    assert (await fire(browsers[third], SHOP, late))["acceptedCount"] == 1
+    again = ok(
+        await http.get(
+            f"/api/v1/campaigns/{campaign_id}/report",
+            params={"breakdown": "REPORT_BREAKDOWN_LINE_ITEM"},
+            headers=auth,
+        )
+    )["campaignReport"]
+    assert again["totals"]["leads"] == 2
+
     conversions = ok(await http.get(f"/api/v1/campaigns/{campaign_id}/conversions", headers=auth))[
         "conversions"
     ]
-    assert [c["siteEventId"] for c in conversions] == ["lead-2", "buy-1"]
-    (touch,) = conversions[1]["touchpoints"]
+    assert [c["siteEventId"] for c in conversions] == ["lead-3", "lead-2", "buy-1"]
+    (touch,) = conversions[2]["touchpoints"]
     assert touch["lineItemId"] == booked.line_item.id
     assert touch["credit"] == 1
     assert touch["creditedValue"]["minorUnits"] == "4999"
