@@ -104,6 +104,12 @@ class PlacementOps(Operations):
         async with self._db.tenant_transaction(tenant_id) as conn:
             return await _placement_or_fail(conn, placement_id)
 
+    async def slot_placements(
+        self, tenant_id: uuid.UUID, ad_slot_ids: Sequence[uuid.UUID]
+    ) -> list[Placement]:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            return await repo.slot_placements(conn, ad_slot_ids)
+
     async def list_placements(
         self,
         tenant_id: uuid.UUID,

@@ -368,6 +368,13 @@ async def get_line_item(
     return _line_item(row) if row else None
 
 
+async def line_items_by_id(conn: Conn, line_item_ids: Sequence[uuid.UUID]) -> list[LineItem]:
+    rows = await conn.fetch(
+        f"{_LINE_ITEM_SELECT} WHERE l.line_item_id = ANY($1::uuid[])", list(line_item_ids)
+    )
+    return [_line_item(r) for r in rows]
+
+
 async def list_line_items(
     conn: Conn,
     campaign_id: uuid.UUID | None,
@@ -602,6 +609,15 @@ async def list_placements(
         after[1] if after else None,
         after[2] if after else None,
         limit,
+    )
+    return [_placement(r) for r in rows]
+
+
+async def slot_placements(conn: Conn, ad_slot_ids: Sequence[uuid.UUID]) -> list[Placement]:
+    """Placements that reserved one of the slots (cancelled ones too)."""
+    rows = await conn.fetch(
+        "SELECT * FROM placements WHERE ad_slot_id = ANY($1::uuid[]) AND flight IS NOT NULL",
+        list(ad_slot_ids),
     )
     return [_placement(r) for r in rows]
 

@@ -43,6 +43,12 @@ E = TypeVar("E", bound=enum.IntEnum)
 _NIL = uuid.UUID(int=0)
 
 
+# What one lookup by platform services may ask for (ListSlotPlacements,
+# BatchGetLineItems): one batch of the asking service's input.
+MAX_SLOTS_PER_LOOKUP = 500
+MAX_LINE_ITEMS_PER_LOOKUP = 1_000
+
+
 def _enum(kind: type[E], value: int, field: str, v: Violations) -> E | None:
     if value == 0:
         return None
@@ -650,6 +656,38 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         return pb.ListPlacementsResponse(
             placements=[placement_to_pb(p) for p in placements], next_page_token=token
         )
+
+    async def ListSlotPlacements(
+        self, request: pb.ListSlotPlacementsRequest, context: Any
+    ) -> pb.ListSlotPlacementsResponse:
+        v = Violations()
+        tenant_id = _uuid(request.tenant_id, "tenant_id", v)
+        v.check(
+            1 <= len(request.ad_slot_ids) <= MAX_SLOTS_PER_LOOKUP,
+            "ad_slot_ids",
+            f"give 1 to {MAX_SLOTS_PER_LOOKUP}",
+        )
+        slots = _uuids(request.ad_slot_ids, "ad_slot_ids", v)
+        v.raise_if_any()
+        assert tenant_id is not None
+        placements = await self._ops.slot_placements(tenant_id, slots)
+        return pb.ListSlotPlacementsResponse(placements=[placement_to_pb(p) for p in placements])
+
+    async def BatchGetLineItems(
+        self, request: pb.BatchGetLineItemsRequest, context: Any
+    ) -> pb.BatchGetLineItemsResponse:
+        v = Violations()
+        tenant_id = _uuid(request.tenant_id, "tenant_id", v)
+        v.check(
+            1 <= len(request.line_item_ids) <= MAX_LINE_ITEMS_PER_LOOKUP,
+            "line_item_ids",
+            f"give 1 to {MAX_LINE_ITEMS_PER_LOOKUP}",
+        )
+        ids = _uuids(request.line_item_ids, "line_item_ids", v)
+        v.raise_if_any()
+        assert tenant_id is not None
+        items = await self._ops.line_items_by_id(tenant_id, ids)
+        return pb.BatchGetLineItemsResponse(line_items=[line_item_to_pb(i) for i in items])
 
     async def UpdatePlacement(
         self, request: pb.UpdatePlacementRequest, context: Any

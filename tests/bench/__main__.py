@@ -26,6 +26,8 @@ BENCHMARKS = (
     "tests.bench.prefix",
     "tests.bench.failover",
     "tests.bench.attribution_lift",
+    "tests.bench.attribution_report",
+    "tests.bench.attribution_site_events",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -59,6 +61,12 @@ SUMMARY = (
     "analytics_rss_mb_failing",
     "attribution_lift_households_stream_seconds",
     "attribution_lift_control_group_seconds",
+    "attribution_report_seconds_cold",
+    "attribution_report_seconds_warm",
+    "attribution_report_rss_mb",
+    "attribution_site_events_per_s",
+    "attribution_site_events_copy_per_s",
+    "attribution_site_events_vs_copy_ratio",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 
