@@ -4,12 +4,13 @@ functions of the line item, its deliveries and the moment asked about."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import itertools
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
@@ -357,6 +358,7 @@ class PacingCache:
         self._ttl_s = ttl_s
         self._entries: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, int, PacingReport]] = {}
         self._generations: dict[uuid.UUID, int] = {}
+        self._making: dict[tuple[uuid.UUID, uuid.UUID, int], asyncio.Future[PacingReport]] = {}
 
     def generation(self, tenant_id: uuid.UUID) -> int:
         return self._generations.get(tenant_id, 0)
@@ -372,6 +374,41 @@ class PacingCache:
         if expires < time.monotonic() or generation != self.generation(tenant_id):
             del self._entries[(tenant_id, key)]
             return None
+        return report
+
+    async def get_or_make(
+        self,
+        tenant_id: uuid.UUID,
+        key: uuid.UUID,
+        make: Callable[[], Awaitable[PacingReport]],
+    ) -> PacingReport:
+        """The kept answer, or one made now. When an answer expires under a dashboard's
+        load, every caller in flight missed it and made its own, each a whole campaign's
+        pacing: callers that miss while one is being made (for the same tenant
+        generation) wait for it instead. Not with the cache off, where no answer is
+        reused. A caller whose shared attempt failed makes its own: the failure may be
+        the other caller's credential."""
+        cached = self.get(tenant_id, key)
+        if cached is not None:
+            return cached
+        generation = self.generation(tenant_id)
+        if self._ttl_s <= 0:
+            return await make()
+        flight = (tenant_id, key, generation)
+        running = self._making.get(flight)
+        if running is not None:
+            try:
+                return await asyncio.shield(running)
+            except Exception:
+                return await make()
+        task = asyncio.ensure_future(make())
+        self._making[flight] = task
+        try:
+            report = await asyncio.shield(task)
+        finally:
+            if self._making.get(flight) is task:
+                del self._making[flight]
+        self.put(tenant_id, key, generation, report)
         return report
 
     def put(
