@@ -1,7 +1,7 @@
 """Maps AttributionService protobuf messages to attribution operations and back; nothing else.
 
-Each area's RPCs are a mixin of its own (`<area>/servicer.py`); RPCs without a method
-answer UNIMPLEMENTED (the generated base class).
+Each area's RPCs are a mixin of its own (`<area>/servicer.py`): sites (pixels and site
+events), exposures, reports.
 """
 
 from __future__ import annotations
