@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the local stack needs, and only those missing:
-# PostgreSQL (unless DATABASE_URL is set), redis-server (unless REDIS_URL is set)
-# and the venv module for the Python that builds .venv. Quiet when all is there.
+# PostgreSQL (unless DATABASE_URL is set), redis-server (unless REDIS_URL is set),
+# Chromium and its WebDriver (the pixel's browser test) and the venv module for the Python that builds .venv. Quiet when all is there.
 # Arguments name further commands, for targets that need more than the stack
 # (`make bench`: wrk), each pinned to a Debian package version.
 set -euo pipefail
@@ -22,6 +22,12 @@ fi
 if [[ -z "${REDIS_URL:-}" ]] && ! command -v redis-server >/dev/null \
     && [[ ! -x /usr/bin/redis-server ]]; then
     missing+=(redis-server)
+fi
+# The pixel snippet's browser test (tests/integration/test_attribution_sites_browser.py).
+# Optional: without root they are not installed and that test skips.
+optional=()
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    optional+=(chromium chromium-driver)
 fi
 # Debian splits ensurepip out of the interpreter; `python -m venv` fails without it.
 if [[ ! -x .venv/bin/python ]] && command -v "$PYTHON" >/dev/null \
@@ -45,6 +51,13 @@ for pinned in "$@"; do
     fi
 done
 
+if [[ ${#optional[@]} -gt 0 ]]; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        missing+=("${optional[@]}")
+    elif [[ ${#missing[@]} -eq 0 ]]; then
+        echo "not installed (not root): ${optional[*]}; the pixel's browser test will skip" >&2
+    fi
+fi
 if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0
 fi

@@ -478,6 +478,8 @@ class Stack:
         )
         for peer in SERVICES:
             env[f"PODMESH_{peer.upper()}_ADDR"] = self.peer_target(peer)
+        # Where the pixel snippets post; behind a public address, set it to that.
+        env.setdefault("PODMESH_ATTRIBUTION_PUBLIC_GATEWAY_URL", self.gateway_url)
         env.update(self.service_env_extra)
         return env
 

@@ -54,6 +54,13 @@ CORS_ALLOW_HEADERS = (
 )
 # grpc-status-details-bin carries the AIP-193 ErrorInfo/BadRequest details to grpc-web.
 CORS_EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id")
+# REST paths any web page may call, without credentials: the tracking pixel's. Which
+# origins may send a pixel's events is each pixel's own setting, which Envoy cannot
+# know, so the attribution service checks every call's Origin against the pixel
+# (REJECTION_REASON_ORIGIN_NOT_ALLOWED). Browsers send no credential here: no
+# cookies are allowed, nor an Authorization header from a page.
+PUBLIC_CORS_PATHS = ("/api/v1/siteEvents:track",)
+PUBLIC_CORS_ALLOW_HEADERS = ("content-type", "x-request-id")
 
 ORIGINAL_METHOD_HEADER = "x-podmesh-original-method"
 ORIGINAL_PATH_HEADER = "x-podmesh-original-path"
@@ -175,7 +182,9 @@ def render_envoy_config(
     `prefix_log_cluster` receives the measurement prefix's access log (see
     gateway.prefix_redirect), sent with `prefix_log_credential`. `redirect_floor_path`
     adds a route answering a fixed 302 by `direct_response`, the floor the prefix
-    benchmark (tests/bench/prefix.py) measures the prefix route against.
+    benchmark (tests/bench/prefix.py) measures the prefix route against, and leaves the
+    prefix requests under `prefix_redirect.UNLOGGED_BENCH_PREFIX` out of the access log,
+    so that the benchmark can tell the Lua filter's cost from the log's.
     """
     for origin in cors_allowed_origins:
         parse_cors_origin(origin)
@@ -223,7 +232,13 @@ def render_envoy_config(
         "access_log": [
             _access_log(access_log_path or "/dev/stdout"),
             *(
-                [prefix_redirect.grpc_access_log(prefix_log_cluster, prefix_log_credential)]
+                [
+                    prefix_redirect.grpc_access_log(
+                        prefix_log_cluster,
+                        prefix_log_credential,
+                        unlogged_bench_prefix=redirect_floor_path is not None,
+                    )
+                ]
                 if prefix_log_cluster is not None
                 else []
             ),
@@ -416,6 +431,19 @@ def _routes(
     # transcoder answers unmapped REST paths with 404 (reject_unknown_method), so only
     # grpc-web calls to unknown services (matched before grpc_web rewrites their
     # content type) get through, and the reflection server answers UNIMPLEMENTED.
+    for path in PUBLIC_CORS_PATHS:
+        routes.append(
+            {
+                "name": f"rest {path}",
+                "match": {"path": path},
+                "route": {"cluster": REFLECTION_CLUSTER, "timeout": timeouts.unary},
+                "typed_per_filter_config": {
+                    **_buffer_up_to(max_request_body_bytes),
+                    **rest_filters,
+                    "envoy.filters.http.cors": _public_cors_policy(),
+                },
+            }
+        )
     routes.append(
         {
             "name": "rest",
@@ -451,6 +479,18 @@ def _cors_policy(allowed_origins: Sequence[str]) -> dict[str, Any]:
         "allow_methods": ", ".join(CORS_ALLOW_METHODS),
         "allow_headers": ", ".join(CORS_ALLOW_HEADERS),
         "expose_headers": ", ".join(CORS_EXPOSE_HEADERS),
+        "max_age": "86400",
+    }
+
+
+def _public_cors_policy() -> dict[str, Any]:
+    return {
+        "@type": _TYPE + "extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"safe_regex": {"regex": ".*"}}],
+        "allow_methods": "POST, OPTIONS",
+        "allow_headers": ", ".join(PUBLIC_CORS_ALLOW_HEADERS),
+        "expose_headers": ", ".join(CORS_EXPOSE_HEADERS),
+        "allow_credentials": False,
         "max_age": "86400",
     }
 

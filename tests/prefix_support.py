@@ -16,6 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+
+from tests.support import TenantHandle, bearer
 
 MEDIA = bytes(range(256)) * 64
 
@@ -95,3 +98,22 @@ class MediaServer:
     ) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+async def episode_at(
+    catalog: catalog_pb2_grpc.CatalogServiceAsyncStub, tenant: TenantHandle, media_url: str
+) -> tuple[str, str]:
+    """(podcast id, episode id) of a new episode with this media URL."""
+    key = bearer(tenant.owner_key)
+    podcast = await catalog.CreatePodcast(
+        catalog_pb2.CreatePodcastRequest(podcast=catalog_pb2.Podcast(title="Prefixed")),
+        metadata=key,
+    )
+    created = await catalog.CreateEpisode(
+        catalog_pb2.CreateEpisodeRequest(
+            podcast_id=podcast.podcast.id,
+            episode=catalog_pb2.Episode(title="Episode 1", media_url=media_url),
+        ),
+        metadata=key,
+    )
+    return podcast.podcast.id, created.episode.id

@@ -11,6 +11,8 @@ from pydantic import Field
 from services.analytics.audit import start_audit_relay
 from services.analytics.counting import default_classifier
 from services.analytics.counting_settings import CountingSettingsStore
+from services.analytics.exposure_relay import ExposureRelay
+from services.analytics.ingest.episodes import EpisodeResolver
 from services.analytics.ingest.ingestor import IngestSettings, build_ingestion
 from services.analytics.live.watch import LiveWatcher
 from services.analytics.peers import CatalogReleases, TenantProfiles
@@ -35,6 +37,9 @@ class AnalyticsSettings(IngestSettings):
     query_cache_ttl_s: float = Field(default=60.0, gt=0)
     # How often audit records (services.shared.audit_outbox) go to the tenant's log.
     audit_relay_interval_s: float = Field(default=1.0, gt=0)
+    # How often counted ad deliveries go to attribution as exposures
+    # (services.analytics.exposure_relay).
+    exposure_relay_interval_s: float = Field(default=0.5, gt=0)
 
 
 async def register(server: aio.Server, resources: Resources) -> None:
@@ -73,10 +78,27 @@ async def register(server: aio.Server, resources: Resources) -> None:
     )
     analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)
     start_audit_relay(resources, settings.audit_relay_interval_s)
+    ExposureRelay(
+        resources.db,
+        resources.channel("attribution"),
+        settings.admin_token.get_secret_value(),
+        settings.exposure_relay_interval_s,
+    ).start()
     prefix_receiver.register(
         server,
         prefix_receiver.PrefixRecorder(
-            resources.db, tenants, settings.ip_hash_secret.get_secret_value().encode()
+            resources.db,
+            tenants,
+            EpisodeResolver(
+                resources.channel("catalog"),
+                settings.episode_cache_ttl_s,
+                settings.episode_negative_ttl_s,
+                names_tenant=True,
+            ),
+            # The platform credential: the catalog resolves for the tenant each
+            # request's prefix names, and allows naming one to this credential only.
+            (("authorization", f"Bearer {settings.admin_token.get_secret_value()}"),),
+            settings.ip_hash_secret.get_secret_value().encode(),
         ),
     )
 

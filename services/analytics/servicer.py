@@ -33,12 +33,22 @@ from services.analytics.queries.ingest_usage import IngestUsageReader, month_sta
 from services.analytics.queries.insights import AnomalyDirection
 from services.analytics.queries.metrics import MetricsReader
 from services.analytics.queries.report_cache import ReportCache
-from services.analytics.queries.reports import Methodology, MetricPoint, MetricsQuery, Report
+from services.analytics.queries.reports import (
+    MeasurementSource,
+    Methodology,
+    MetricPoint,
+    MetricsQuery,
+    Report,
+)
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
 from services.shared.peers import credentials
 from services.shared.validation import parse_uuid
 
+SOURCE_TO_PB = {
+    MeasurementSource.BYTES: pb.MEASUREMENT_SOURCE_BYTES,
+    MeasurementSource.PREFIX: pb.MEASUREMENT_SOURCE_PREFIX,
+}
 DIRECTION_TO_PB = {
     AnomalyDirection.SPIKE: pb.ANOMALY_DIRECTION_SPIKE,
     AnomalyDirection.DROP: pb.ANOMALY_DIRECTION_DROP,
@@ -80,6 +90,7 @@ def metrics_query(request: pb.QueryMetricsRequest | pb.ExportMetricsRequest) -> 
         apps=tuple(request.apps),
         device_classes=tuple(request.device_classes),
         country_codes=tuple(request.country_codes),
+        source=request.source,
     )
 
 
@@ -92,6 +103,7 @@ def methodology_to_pb(m: Methodology) -> pb.Methodology:
         complete_until_time=timestamp(m.complete_until),
         methodology_url=m.url,
         user_agent_lists=m.user_agent_lists,
+        source=SOURCE_TO_PB[m.source],
     )
 
 
@@ -373,6 +385,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
             instant(request, "start_time"),
             instant(request, "end_time"),
             request.time_zone,
+            request.source,
         )
         return pb.GetCountingFunnelResponse(
             counting_funnel=funnel_to_pb(period, totals), methodology=methodology_to_pb(method)

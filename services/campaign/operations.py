@@ -100,7 +100,12 @@ async def commitments(
 ) -> tuple[int, int]:
     """What the campaign's bookings commit of its budget, without and with `extra`
     (a line item and the impressions a new booking adds to it)."""
-    terms = await repo.commitment_terms(conn, campaign.id)
+    return commitments_of(await repo.commitment_terms(conn, campaign.id), extra)
+
+
+def commitments_of(
+    terms: dict[uuid.UUID, repo.CommitmentTerms], extra: tuple[uuid.UUID, int] | None = None
+) -> tuple[int, int]:
     goals = {i: t.booked_goal for i, t in terms.items() if t.booked}
     with_extra = dict(goals)
     if extra is not None:

@@ -173,6 +173,12 @@ class OrderOps(Operations):
         async with self._db.tenant_transaction(tenant_id) as conn:
             return await line_item_or_fail(conn, line_item_id)
 
+    async def line_items_by_id(
+        self, tenant_id: uuid.UUID, line_item_ids: Sequence[uuid.UUID]
+    ) -> list[LineItem]:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            return await repo.line_items_by_id(conn, line_item_ids)
+
     async def list_line_items(
         self,
         tenant_id: uuid.UUID,

@@ -21,44 +21,38 @@ class PacingOps(Operations):
     async def line_item_pacing(
         self, tenant_id: uuid.UUID, line_item_id: uuid.UUID, credentials: Metadata
     ) -> PacingReport:
-        cached = self._pacing.get(tenant_id, line_item_id)
-        if cached is not None:
-            return cached
-        generation = self._pacing.generation(tenant_id)
-        async with self._db.tenant_transaction(tenant_id) as conn:
-            item = await line_item_or_fail(conn, line_item_id)
-            placements = await repo.placements_for_pacing(conn, [item.id])
-        paced, _, _ = await self._pace([item], placements, credentials)
-        report = PacingReport(paced[0][1], [])
-        self._pacing.put(tenant_id, line_item_id, generation, report)
-        return report
+        async def make() -> PacingReport:
+            async with self._db.tenant_transaction(tenant_id) as conn:
+                item = await line_item_or_fail(conn, line_item_id)
+                placements = await repo.placements_for_pacing(conn, [item.id])
+            paced, _, _ = await self._pace([item], placements, credentials)
+            return PacingReport(paced[0][1], [])
+
+        return await self._pacing.get_or_make(tenant_id, line_item_id, make)
 
     async def campaign_pacing(
         self, tenant_id: uuid.UUID, campaign_id: uuid.UUID, credentials: Metadata
     ) -> PacingReport:
-        cached = self._pacing.get(tenant_id, campaign_id)
-        if cached is not None:
-            return cached
-        generation = self._pacing.generation(tenant_id)
-        async with self._db.tenant_transaction(tenant_id) as conn:
-            campaign = await campaign_or_fail(conn, campaign_id)
-            items = await repo.line_items_of(conn, campaign_id)
-            placements = await repo.placements_for_pacing(conn, [i.id for i in items])
-        paced, as_of, zone = await self._pace(items, placements, credentials)
-        assert campaign.flight_start
-        assert campaign.flight_end
-        total = campaign_pacing(
-            campaign.id,
-            campaign.flight_start,
-            campaign.flight_end,
-            campaign.currency,
-            paced,
-            as_of,
-            zone,
-        )
-        report = PacingReport(total, [p for _, p in paced])
-        self._pacing.put(tenant_id, campaign_id, generation, report)
-        return report
+        async def make() -> PacingReport:
+            async with self._db.tenant_transaction(tenant_id) as conn:
+                campaign = await campaign_or_fail(conn, campaign_id)
+                items = await repo.line_items_of(conn, campaign_id)
+                placements = await repo.placements_for_pacing(conn, [i.id for i in items])
+            paced, as_of, zone = await self._pace(items, placements, credentials)
+            assert campaign.flight_start
+            assert campaign.flight_end
+            total = campaign_pacing(
+                campaign.id,
+                campaign.flight_start,
+                campaign.flight_end,
+                campaign.currency,
+                paced,
+                as_of,
+                zone,
+            )
+            return PacingReport(total, [p for _, p in paced])
+
+        return await self._pacing.get_or_make(tenant_id, campaign_id, make)
 
     async def _pace(
         self, items: Sequence[LineItem], placements: Sequence[Placement], credentials: Metadata

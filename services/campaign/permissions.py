@@ -27,6 +27,8 @@ _BY_METHOD: dict[str, MethodRule] = {
     "CreatePlacement": _WRITE,
     "GetPlacement": _READ,
     "ListPlacements": _READ,
+    "ListSlotPlacements": Permission.PLATFORM_ADMIN,
+    "BatchGetLineItems": Permission.PLATFORM_ADMIN,
     "UpdatePlacement": _WRITE,
     "DeletePlacement": _WRITE,
     "BookPlacement": _WRITE,

@@ -32,7 +32,7 @@ from services.campaign.operations import (
     Operations,
     campaign_or_fail,
     check_open,
-    commitments,
+    commitments_of,
     line_item_or_fail,
     sponsor_or_fail,
 )
@@ -103,6 +103,12 @@ class PlacementOps(Operations):
     async def get_placement(self, tenant_id: uuid.UUID, placement_id: uuid.UUID) -> Placement:
         async with self._db.tenant_transaction(tenant_id) as conn:
             return await _placement_or_fail(conn, placement_id)
+
+    async def slot_placements(
+        self, tenant_id: uuid.UUID, ad_slot_ids: Sequence[uuid.UUID]
+    ) -> list[Placement]:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            return await repo.slot_placements(conn, ad_slot_ids)
 
     async def list_placements(
         self,
@@ -269,11 +275,12 @@ class PlacementOps(Operations):
         """The placement an earlier send of this request booked, or else the line item
         and the proposal to book: one transaction."""
         async with self._db.tenant_transaction(tenant_id) as conn:
-            if request.request_id:
-                earlier = await repo.placement_by_request_id(conn, request.request_id)
-                if earlier is not None:
-                    return earlier, None, None
-            item = await line_item_or_fail(conn, request.line_item_id)
+            found = await repo.booking_lookup(conn, request.line_item_id, request.request_id)
+            if found.earlier is not None:
+                return found.earlier, None, None
+            if found.item is None:
+                raise NotFound("line item", str(request.line_item_id))
+            item = found.item
             if request.placement_id is None:
                 return None, item, None
             proposed = await _placement_or_fail(conn, request.placement_id)
@@ -301,14 +308,11 @@ class PlacementOps(Operations):
         # One booking per campaign at a time: the budget check sees every commitment.
         # Bookings of different campaigns do not wait for each other; two of one slot
         # are decided by the exclusion constraint. (A line item never changes campaign.)
-        campaign = await campaign_or_fail(conn, campaign_id, for_update=True)
-        item = await line_item_or_fail(conn, request.line_item_id, for_update=True)
-        if request.request_id:
-            # A concurrent send of this request may have booked while we waited.
-            earlier = await repo.placement_by_request_id(conn, request.request_id)
-            if earlier is not None:
-                return _same_booking(earlier, request)
-        sponsor = await sponsor_or_fail(conn, campaign.sponsor_id)
+        locked = await repo.lock_for_booking(conn, campaign_id, request.line_item_id)
+        if locked is None:
+            # Deleted since the lookup (deleting a campaign deletes its line items).
+            raise NotFound("line item", str(request.line_item_id))
+        campaign, item, sponsor = locked.campaign, locked.item, locked.sponsor
         check_open(campaign)
         _check_item_open(item)
         assert item.flight_start
@@ -334,12 +338,22 @@ class PlacementOps(Operations):
         if request.makegood_for_line_item_id is not None:
             await _check_makegood(conn, item, request.makegood_for_line_item_id, now)
         start, end = item.flight_start, item.flight_end
-        slot = None
-        for candidate in candidates:
-            holder = await repo.slot_holder(conn, candidate.id, start, end)
-            if holder is None:
-                slot = candidate
-                break
+        # Read after the locks were granted: a booking of this campaign that committed
+        # while this one waited is seen, as are its request_id and its slot.
+        checks = await repo.booking_checks(
+            conn,
+            campaign_id=campaign.id,
+            request_id=request.request_id,
+            slots=[c.id for c in candidates],
+            episode_id=episode.id,
+            sponsor=sponsor,
+            start=start,
+            end=end,
+        )
+        if checks.earlier is not None:
+            # A concurrent send of this request booked while we waited.
+            return _same_booking(checks.earlier, request)
+        slot = next((c for c in candidates if c.id == checks.free_slot), None)
         if slot is None:
             raise FailedPrecondition(
                 "the ad slot is already booked for an overlapping flight"
@@ -350,12 +364,10 @@ class PlacementOps(Operations):
                 metadata={"ad_slot_id": str(candidates[0].id) if len(candidates) == 1 else ""},
             )
         # A sponsor without a competitive category (blank after trimming spaces, as the
-        # table's competitive_key is) conflicts with no one: no query.
-        if sponsor.competitive_category.strip(" "):
-            rival = await repo.competitor_in_episode(conn, episode.id, sponsor, start, end)
-            if rival is not None:
-                raise _competitive_conflict(sponsor.competitive_category)
-        await _check_budget(conn, campaign, item, goal)
+        # table's competitive_key is) conflicts with no one.
+        if checks.competitor:
+            raise _competitive_conflict(sponsor.competitive_category)
+        _check_budget(campaign, checks.terms, item, goal)
         placement = Placement(
             id=proposed.id if proposed else uuid.uuid4(),
             line_item_id=item.id,
@@ -410,10 +422,12 @@ def _check_item_open(item: LineItem) -> None:
         )
 
 
-async def _check_budget(conn: Any, campaign: Campaign, item: LineItem, goal: int) -> None:
+def _check_budget(
+    campaign: Campaign, terms: dict[uuid.UUID, repo.CommitmentTerms], item: LineItem, goal: int
+) -> None:
     """Refuses a booking that would commit more than the budget, saying what is left."""
     assert campaign.budget is not None
-    before, after = await commitments(conn, campaign, (item.id, goal))
+    before, after = commitments_of(terms, (item.id, goal))
     budget = campaign.budget.minor_units
     if after > budget:
         remaining = max(budget - before, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -44,7 +44,7 @@ def _ids(values: Sequence[uuid.UUID]) -> list[str]:
 # Sponsors
 
 
-def _sponsor(row: asyncpg.Record) -> Sponsor:
+def _sponsor(row: Mapping[str, Any]) -> Sponsor:
     return Sponsor(
         id=row["sponsor_id"],
         display_name=row["display_name"],
@@ -140,7 +140,7 @@ async def delete_sponsor(conn: Conn, sponsor_id: uuid.UUID) -> None:
 # Campaigns
 
 
-def _campaign(row: asyncpg.Record) -> Campaign:
+def _campaign(row: Mapping[str, Any]) -> Campaign:
     return Campaign(
         id=row["campaign_id"],
         sponsor_id=row["sponsor_id"],
@@ -294,7 +294,7 @@ def _targeting(raw: str) -> Targeting:
     )
 
 
-def _line_item(row: asyncpg.Record) -> LineItem:
+def _line_item(row: Mapping[str, Any]) -> LineItem:
     return LineItem(
         id=row["line_item_id"],
         campaign_id=row["campaign_id"],
@@ -366,6 +366,13 @@ async def get_line_item(
     lock = " FOR UPDATE OF l" if for_update else ""
     row = await conn.fetchrow(f"{_LINE_ITEM_SELECT} WHERE l.line_item_id = $1{lock}", line_item_id)
     return _line_item(row) if row else None
+
+
+async def line_items_by_id(conn: Conn, line_item_ids: Sequence[uuid.UUID]) -> list[LineItem]:
+    rows = await conn.fetch(
+        f"{_LINE_ITEM_SELECT} WHERE l.line_item_id = ANY($1::uuid[])", list(line_item_ids)
+    )
+    return [_line_item(r) for r in rows]
 
 
 async def list_line_items(
@@ -464,7 +471,7 @@ async def set_line_item_states(
 # Placements
 
 
-def _placement(row: asyncpg.Record) -> Placement:
+def _placement(row: Mapping[str, Any]) -> Placement:
     flight = row["flight"]
     return Placement(
         id=row["placement_id"],
@@ -606,6 +613,15 @@ async def list_placements(
     return [_placement(r) for r in rows]
 
 
+async def slot_placements(conn: Conn, ad_slot_ids: Sequence[uuid.UUID]) -> list[Placement]:
+    """Placements that reserved one of the slots (cancelled ones too)."""
+    rows = await conn.fetch(
+        "SELECT * FROM placements WHERE ad_slot_id = ANY($1::uuid[]) AND flight IS NOT NULL",
+        list(ad_slot_ids),
+    )
+    return [_placement(r) for r in rows]
+
+
 async def update_placement(conn: Conn, p: Placement) -> Placement:
     row = await conn.fetchrow(
         """
@@ -650,65 +666,149 @@ class CommitmentTerms:
     booked: bool
 
 
-async def commitment_terms(conn: Conn, campaign_id: uuid.UUID) -> dict[uuid.UUID, CommitmentTerms]:
-    """Every line item of a campaign with its placements' goals: one statement, as the
-    budget check runs under the campaign's lock."""
-    rows = await conn.fetch(
-        """
-        SELECT l.line_item_id, l.pricing_model, l.rate_minor,
-            coalesce(sum(p.impression_goal), 0) AS goal, count(p.placement_id) AS n
-        FROM line_items l
-        LEFT JOIN placements p ON p.tenant_id = l.tenant_id
-            AND p.line_item_id = l.line_item_id AND p.state = ANY($2::int[])
-        WHERE l.campaign_id = $1
-        GROUP BY l.line_item_id, l.pricing_model, l.rate_minor
-        """,
-        campaign_id,
-        _RUNNING,
-    )
+# Every line item of campaign $1 with what its booked, live and completed placements
+# commit (kept on the line item by a trigger on placements, migration 0055).
+_COMMITMENT_TERMS = """
+    SELECT line_item_id, pricing_model, rate_minor, booked_goal AS goal, booked_placements AS n
+    FROM line_items WHERE campaign_id = $1
+"""
+
+
+def _terms(rows: Sequence[Mapping[str, Any]]) -> dict[uuid.UUID, CommitmentTerms]:
     return {
-        r["line_item_id"]: CommitmentTerms(
+        uuid.UUID(str(r["line_item_id"])): CommitmentTerms(
             PricingModel(r["pricing_model"]), r["rate_minor"], int(r["goal"]), r["n"] > 0
         )
         for r in rows
     }
 
 
-async def slot_holder(
-    conn: Conn, slot_id: uuid.UUID, start: datetime, end: datetime
-) -> Placement | None:
+async def commitment_terms(conn: Conn, campaign_id: uuid.UUID) -> dict[uuid.UUID, CommitmentTerms]:
+    """Every line item of a campaign with its placements' goals."""
+    return _terms(await conn.fetch(_COMMITMENT_TERMS, campaign_id))
+
+
+@dataclass(frozen=True)
+class BookingLookup:
+    """What a booking reads before it asks the catalog: the placement an earlier send of
+    its request_id booked, and the line item."""
+
+    earlier: Placement | None
+    item: LineItem | None
+
+
+async def booking_lookup(conn: Conn, line_item_id: uuid.UUID, request_id: str) -> BookingLookup:
+    """One statement: the placement booked by `request_id` (if any) and the line item."""
     row = await conn.fetchrow(
         """
-        SELECT * FROM placements
-        WHERE ad_slot_id = $1 AND state = ANY($4::int[]) AND flight && tstzrange($2, $3)
-        LIMIT 1
+        SELECT e AS earlier, l AS item, c.currency_code
+        FROM (SELECT) one
+        LEFT JOIN placements e ON $2 <> '' AND e.request_id = $2
+        LEFT JOIN line_items l ON l.line_item_id = $1
+        LEFT JOIN campaigns c ON c.tenant_id = l.tenant_id AND c.campaign_id = l.campaign_id
         """,
-        slot_id,
-        start,
-        end,
-        _RUNNING,
+        line_item_id,
+        request_id,
     )
-    return _placement(row) if row else None
+    assert row is not None
+    item = row["item"]
+    return BookingLookup(
+        earlier=_placement(row["earlier"]) if row["earlier"] is not None else None,
+        item=_line_item({**item, "currency_code": row["currency_code"]}) if item else None,
+    )
 
 
-async def competitor_in_episode(
-    conn: Conn, episode_id: uuid.UUID, sponsor: Sponsor, start: datetime, end: datetime
-) -> Placement | None:
+@dataclass(frozen=True)
+class BookingLocks:
+    campaign: Campaign
+    item: LineItem
+    sponsor: Sponsor
+
+
+async def lock_for_booking(
+    conn: Conn, campaign_id: uuid.UUID, line_item_id: uuid.UUID
+) -> BookingLocks | None:
+    """Locks the campaign, then the line item (the order every writer of both takes), and
+    reads the campaign's sponsor: one statement. None when either is gone."""
     row = await conn.fetchrow(
         """
-        SELECT * FROM placements
-        WHERE episode_id = $1 AND competitive_key = lower(btrim($2)) AND competitive_key <> ''
-          AND sponsor_id <> $3 AND state = ANY($6::int[]) AND flight && tstzrange($4, $5)
-        LIMIT 1
+        SELECT c AS campaign, l AS item, s AS sponsor
+        FROM campaigns c
+        JOIN line_items l ON l.tenant_id = c.tenant_id AND l.campaign_id = c.campaign_id
+        JOIN sponsors s ON s.tenant_id = c.tenant_id AND s.sponsor_id = c.sponsor_id
+        WHERE c.campaign_id = $1 AND l.line_item_id = $2
+        FOR UPDATE OF c, l
         """,
+        campaign_id,
+        line_item_id,
+    )
+    if row is None:
+        return None
+    campaign = row["campaign"]
+    return BookingLocks(
+        campaign=_campaign(campaign),
+        item=_line_item({**row["item"], "currency_code": campaign["currency_code"]}),
+        sponsor=_sponsor(row["sponsor"]),
+    )
+
+
+@dataclass(frozen=True)
+class BookingChecks:
+    """What a booking checks once it holds its locks, read in one statement (so in one
+    snapshot taken after the locks were granted)."""
+
+    earlier: Placement | None
+    # The first of the candidate slots no running placement holds over the flight.
+    free_slot: uuid.UUID | None
+    competitor: bool
+    terms: dict[uuid.UUID, CommitmentTerms]
+
+
+async def booking_checks(
+    conn: Conn,
+    *,
+    campaign_id: uuid.UUID,
+    request_id: str,
+    slots: Sequence[uuid.UUID],
+    episode_id: uuid.UUID,
+    sponsor: Sponsor,
+    start: datetime,
+    end: datetime,
+) -> BookingChecks:
+    row = await conn.fetchrow(
+        f"""
+        SELECT
+            (SELECT e FROM placements e WHERE $3 <> '' AND e.request_id = $3) AS earlier,
+            (SELECT u.slot FROM unnest($4::uuid[]) WITH ORDINALITY AS u(slot, n)
+             WHERE NOT EXISTS (
+                 SELECT FROM placements p
+                 WHERE p.ad_slot_id = u.slot AND p.state = ANY($2::int[])
+                   AND p.flight && tstzrange($7, $8))
+             ORDER BY u.n LIMIT 1) AS free_slot,
+            lower(btrim($6)) <> '' AND EXISTS (
+                SELECT FROM placements p
+                WHERE p.episode_id = $5 AND p.competitive_key = lower(btrim($6))
+                  AND p.sponsor_id <> $9 AND p.state = ANY($2::int[])
+                  AND p.flight && tstzrange($7, $8)) AS competitor,
+            (SELECT coalesce(json_agg(t), '[]') FROM ({_COMMITMENT_TERMS}) t) AS terms
+        """,
+        campaign_id,
+        _RUNNING,
+        request_id,
+        list(slots),
         episode_id,
         sponsor.competitive_category,
-        sponsor.id,
         start,
         end,
-        _RUNNING,
+        sponsor.id,
     )
-    return _placement(row) if row else None
+    assert row is not None
+    return BookingChecks(
+        earlier=_placement(row["earlier"]) if row["earlier"] is not None else None,
+        free_slot=row["free_slot"],
+        competitor=row["competitor"],
+        terms=_terms(json.loads(row["terms"])),
+    )
 
 
 async def release_placements(

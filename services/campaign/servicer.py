@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -30,7 +31,7 @@ from services.campaign.domain import (
     Targeting,
 )
 from services.campaign.matching import Match
-from services.campaign.pacing import Pacing
+from services.campaign.pacing import Pacing, PacingReport
 from services.campaign.placements import BookingRequest
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
@@ -40,6 +41,12 @@ from services.shared.validation import Violations, page_size, parse_uuid
 
 E = TypeVar("E", bound=enum.IntEnum)
 _NIL = uuid.UUID(int=0)
+
+
+# What one lookup by platform services may ask for (ListSlotPlacements,
+# BatchGetLineItems): one batch of the asking service's input.
+MAX_SLOTS_PER_LOOKUP = 500
+MAX_LINE_ITEMS_PER_LOOKUP = 1_000
 
 
 def _enum(kind: type[E], value: int, field: str, v: Violations) -> E | None:
@@ -421,9 +428,37 @@ def _state_given(paths: Iterable[str], state: int, field: str) -> None:
         raise InvalidArgument.field(field, "is required when the mask names it")
 
 
+class PacingAnswers:
+    """GetPacing answers, each kept while the report it was made from lives: the pacing
+    cache hands the same report to every caller for a few seconds, and making the
+    answer of a campaign's report took more CPU than the rest of such a call. An answer
+    goes when its report does (the cache dropped it, or there is no cache)."""
+
+    def __init__(self) -> None:
+        self._answers: dict[
+            int, tuple[weakref.ReferenceType[PacingReport], pb.GetPacingResponse]
+        ] = {}
+
+    def answer(self, report: PacingReport) -> pb.GetPacingResponse:
+        key = id(report)
+        kept = self._answers.get(key)
+        if kept is not None and kept[0]() is report:
+            return kept[1]
+        answer = pb.GetPacingResponse(
+            pacing=pacing_to_pb(report.pacing),
+            line_item_pacings=[pacing_to_pb(p, with_days=False) for p in report.line_items],
+        )
+        self._answers[key] = (weakref.ref(report, lambda _: self._answers.pop(key, None)), answer)
+        return answer
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
 class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     def __init__(self, ops: AdOps, background: Sequence[object] = ()) -> None:
         self._ops = ops
+        self._pacing_answers = PacingAnswers()
         # The service's background jobs live as long as the servicer the server holds.
         self._background = tuple(background)
 
@@ -622,6 +657,38 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             placements=[placement_to_pb(p) for p in placements], next_page_token=token
         )
 
+    async def ListSlotPlacements(
+        self, request: pb.ListSlotPlacementsRequest, context: Any
+    ) -> pb.ListSlotPlacementsResponse:
+        v = Violations()
+        tenant_id = _uuid(request.tenant_id, "tenant_id", v)
+        v.check(
+            1 <= len(request.ad_slot_ids) <= MAX_SLOTS_PER_LOOKUP,
+            "ad_slot_ids",
+            f"give 1 to {MAX_SLOTS_PER_LOOKUP}",
+        )
+        slots = _uuids(request.ad_slot_ids, "ad_slot_ids", v)
+        v.raise_if_any()
+        assert tenant_id is not None
+        placements = await self._ops.slot_placements(tenant_id, slots)
+        return pb.ListSlotPlacementsResponse(placements=[placement_to_pb(p) for p in placements])
+
+    async def BatchGetLineItems(
+        self, request: pb.BatchGetLineItemsRequest, context: Any
+    ) -> pb.BatchGetLineItemsResponse:
+        v = Violations()
+        tenant_id = _uuid(request.tenant_id, "tenant_id", v)
+        v.check(
+            1 <= len(request.line_item_ids) <= MAX_LINE_ITEMS_PER_LOOKUP,
+            "line_item_ids",
+            f"give 1 to {MAX_LINE_ITEMS_PER_LOOKUP}",
+        )
+        ids = _uuids(request.line_item_ids, "line_item_ids", v)
+        v.raise_if_any()
+        assert tenant_id is not None
+        items = await self._ops.line_items_by_id(tenant_id, ids)
+        return pb.BatchGetLineItemsResponse(line_items=[line_item_to_pb(i) for i in items])
+
     async def UpdatePlacement(
         self, request: pb.UpdatePlacementRequest, context: Any
     ) -> pb.UpdatePlacementResponse:
@@ -683,10 +750,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
                 parse_uuid(request.campaign_id, "campaign_id"),
                 credentials(context),
             )
-        return pb.GetPacingResponse(
-            pacing=pacing_to_pb(report.pacing),
-            line_item_pacings=[pacing_to_pb(p, with_days=False) for p in report.line_items],
-        )
+        return self._pacing_answers.answer(report)
 
     async def MatchPodcasts(
         self, request: pb.MatchPodcastsRequest, context: Any

@@ -22,8 +22,8 @@ from services.catalog.domain import (
     PodcastFilter,
     PodcastType,
 )
-from services.shared.context import current_tenant_id
-from services.shared.errors import InvalidArgument
+from services.shared.context import current_principal, current_tenant_id
+from services.shared.errors import InvalidArgument, PermissionDenied
 from services.shared.measurement_prefix import prefix_id
 from services.shared.peers import credentials
 from services.shared.protobuf import duration, from_timestamp, milliseconds, timestamp
@@ -369,7 +369,9 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: pb.BatchResolveEpisodesRequest, context: Any
     ) -> pb.BatchResolveEpisodesResponse:
         by_id, by_url = await self._catalog.batch_resolve_episodes(
-            current_tenant_id(), list(request.episode_ids), list(request.media_urls)
+            _resolving_tenant(request.tenant_id),
+            list(request.episode_ids),
+            list(request.media_urls),
         )
         return pb.BatchResolveEpisodesResponse(
             by_episode_id={k: media_to_pb(m) for k, m in by_id.items()},
@@ -429,3 +431,18 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             ],
             next_page_token=token,
         )
+
+
+def _resolving_tenant(requested: str) -> uuid.UUID:
+    """The caller's own tenant, or the one the platform administrator names: analytics
+    resolves measurement prefix requests for the tenant their prefix names, and the
+    catalog then reads in that tenant's transaction (row-level security) as for any
+    other caller."""
+    if not requested:
+        return current_tenant_id()
+    if not current_principal().is_platform_admin:
+        raise PermissionDenied(
+            "only the platform administrator names a tenant: leave tenant_id empty",
+            reason="TENANT_ID_NOT_ALLOWED",
+        )
+    return parse_uuid(requested, "tenant_id")

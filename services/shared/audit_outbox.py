@@ -16,9 +16,7 @@ duplicate there, not a second entry.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import re
 import uuid
 from collections.abc import Sequence
@@ -26,22 +24,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import grpc
 from grpc import aio
 from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
 from services.shared.context import current_method, current_principal, current_request_id
 from services.shared.db import Database
 from services.shared.protobuf import timestamp
+from services.shared.relays import PeriodicRelay
 from services.shared.server import Resources
 
-log = logging.getLogger("podmesh.audit")
 Conn = "asyncpg.Connection[asyncpg.Record]"
 BATCH = 500
 TIMEOUT_S = 5.0
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
-# The relays' tasks: the event loop keeps only a weak reference to a task.
-_running: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True)
@@ -110,7 +105,7 @@ def start_relay(resources: Resources, outbox: Outbox, interval_s: float) -> Audi
     return relay
 
 
-class AuditRelay:
+class AuditRelay(PeriodicRelay):
     """Sends an outbox's records to the tenant service every `interval_s`."""
 
     def __init__(
@@ -121,32 +116,11 @@ class AuditRelay:
         admin_token: str,
         interval_s: float,
     ) -> None:
+        super().__init__("audit relay", "tenant", interval_s)
         self._db = db
         self._outbox = outbox
         self._stub = tenant_pb2_grpc.TenantServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {admin_token}"),)
-        self._interval_s = interval_s
-        self._degraded = False
-
-    def start(self) -> None:
-        task = asyncio.create_task(self._loop())
-        _running.add(task)
-        task.add_done_callback(_running.discard)
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.relay()
-                if self._degraded:
-                    log.info("audit relay: the tenant service answers again")
-                    self._degraded = False
-            except grpc.aio.AioRpcError as error:
-                if not self._degraded:
-                    log.warning("audit relay: tenant service unavailable (%s)", error.code().name)
-                    self._degraded = True
-            except Exception:
-                log.exception("audit relay failed; trying again next round")
-            await asyncio.sleep(self._interval_s)
 
     async def relay(self) -> int:
         """Sends every pending record; returns how many this relay sent."""

@@ -52,7 +52,16 @@ class Access(enum.Enum):
     AUTHENTICATED = "authenticated"
 
 
-MethodRule = Permission | Access
+@dataclass(frozen=True)
+class CredentialOptional:
+    """A method callable without any credential, whose servicer then decides from the
+    request itself what the call may do (a web page's tracking pixel cannot keep a
+    secret). A credential, when one is sent, must be valid and grant `permission`."""
+
+    permission: Permission
+
+
+MethodRule = Permission | Access | CredentialOptional
 
 
 class Role(enum.StrEnum):

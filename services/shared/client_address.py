@@ -1,9 +1,12 @@
 """The address of the client behind a request, as far as it can be trusted.
 
-Envoy is the edge (`use_remote_address`): it appends the address it accepted the
-connection from to `x-forwarded-for`, so the last entry is the client as Envoy saw it;
-entries before it are whatever the client sent and are ignored. A call without the
-header comes straight from inside the mesh, and its peer address stands.
+Envoy is the edge (`use_remote_address`): it sets `x-envoy-external-address` to the
+client address it trusts (the connection's peer, or the entry `trusted_proxy_hops`
+from the right of `x-forwarded-for`), removing any such header a client sent, and
+appends to `x-forwarded-for`, whose last entry is then the client as Envoy saw it,
+except for a loopback peer, for which Envoy appends its own host's address. Entries
+a client wrote are ignored. A call with neither header comes straight from inside
+the mesh, and its peer address stands.
 """
 
 from __future__ import annotations
@@ -16,13 +19,23 @@ _IPV6_PREFIX = 64
 
 
 def client_address(metadata: Iterable[tuple[str, str | bytes]], peer: str) -> str:
-    forwarded = ""
+    return normalised(client_ip(metadata, peer))
+
+
+def client_ip(metadata: Iterable[tuple[str, str | bytes]], peer: str) -> str:
+    """The client's address as Envoy saw it, not normalised: what household ids are
+    hashed from (services.shared.client_ip normalises it itself)."""
+    forwarded = external = ""
     for key, value in metadata:
         if key == "x-forwarded-for" and isinstance(value, str):
             forwarded = value
+        elif key == "x-envoy-external-address" and isinstance(value, str):
+            external = value
+    if external:
+        return external.strip()
     if forwarded:
-        return normalised(forwarded.rsplit(",", 1)[-1])
-    return normalised(_peer_host(peer))
+        return forwarded.rsplit(",", 1)[-1].strip()
+    return _peer_host(peer)
 
 
 def normalised(text: str) -> str:

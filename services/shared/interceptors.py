@@ -19,6 +19,7 @@ from grpc import aio
 from services.shared.auth import (
     BILLING_WARNING_HEADER,
     Access,
+    CredentialOptional,
     CredentialVerifier,
     MethodRule,
     Permission,
@@ -113,7 +114,7 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if rule is None:
             # Fail closed: a method nobody declared a permission for is not callable.
             raise PermissionDenied(f"{method} has no declared permission", reason="UNDECLARED")
-        if rule is Access.PUBLIC:
+        if rule is Access.PUBLIC or _anonymous(rule, metadata):
             return
         principal = await self._principal(metadata)
         principal_var.set(principal)
@@ -131,12 +132,12 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if rule is None or rule is Access.PUBLIC:
             return
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        if _anonymous(rule, metadata):
+            return
         _authorise(rule, await self._principal(metadata))
 
     async def _principal(self, metadata: Mapping[str, str]) -> Principal:
-        credential = bearer_credential(metadata.get("authorization", "")) or metadata.get(
-            "x-api-key", ""
-        )
+        credential = _credential(metadata)
         if not credential:
             raise Unauthenticated(
                 "missing credentials: send 'authorization: Bearer <api key or token>'",
@@ -169,12 +170,23 @@ class RequestInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
 Enter = Callable[[Context], Awaitable[None]]
 
 
+def _credential(metadata: Mapping[str, str]) -> str:
+    return bearer_credential(metadata.get("authorization", "")) or metadata.get("x-api-key", "")
+
+
+def _anonymous(rule: MethodRule, metadata: Mapping[str, str]) -> bool:
+    """A call without any credential to a method that takes such calls: it runs with
+    no principal. A call that sends one is checked like any other."""
+    return isinstance(rule, CredentialOptional) and not _credential(metadata)
+
+
 def _authorise(rule: MethodRule, principal: Principal) -> None:
-    if isinstance(rule, Permission) and not principal.can(rule):
+    permission = rule.permission if isinstance(rule, CredentialOptional) else rule
+    if isinstance(permission, Permission) and not principal.can(permission):
         raise PermissionDenied(
-            f"this credential lacks the {rule.value!r} permission",
+            f"this credential lacks the {permission.value!r} permission",
             reason="MISSING_PERMISSION",
-            metadata={"permission": rule.value},
+            metadata={"permission": permission.value},
         )
 
 

@@ -26,6 +26,8 @@ BENCHMARKS = (
     "tests.bench.prefix",
     "tests.bench.failover",
     "tests.bench.attribution_lift",
+    "tests.bench.attribution_report",
+    "tests.bench.attribution_site_events",
 )
 SUMMARY = (
     "ingest_grpc_requests_per_s",
@@ -39,9 +41,12 @@ SUMMARY = (
     "query_p99_ms",
     "campaign_pacing_p95_ms",
     "campaign_refused_pacing_p95_ms",
+    "campaign_pacing_vs_refused_p95_ratio",
     "campaign_pacing_uncached_p95_ms",
+    "campaign_pacing_uncached_vs_refused_p95_ratio",
     "campaign_booking_per_s",
     "campaign_refused_booking_per_s",
+    "campaign_booking_vs_refused_ratio",
     "analytics_peak_rss_mb",
     "strict_json_on_vs_off_ratio",
     "strict_json_check_cpu_us_per_record",
@@ -56,6 +61,12 @@ SUMMARY = (
     "analytics_rss_mb_failing",
     "attribution_lift_households_stream_seconds",
     "attribution_lift_control_group_seconds",
+    "attribution_report_seconds_cold",
+    "attribution_report_seconds_warm",
+    "attribution_report_rss_mb",
+    "attribution_site_events_per_s",
+    "attribution_site_events_copy_per_s",
+    "attribution_site_events_vs_copy_ratio",
 )
 FIGURE = re.compile(r"^([a-z][a-z0-9_]*): (\S+)$")
 

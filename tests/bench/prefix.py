@@ -4,7 +4,11 @@ the share of them analytics stored.
 wrk (2 threads, 32 connections) asks the prefix route (`/e/{prefix}/{url}`, Envoy's
 Lua filter answering 302 and logging each request over the gRPC access log) and, in
 the same run on the same listener, a route answered by Envoy's own `direct_response`
-302: the floor (goal: the prefix at >= 0.5x the floor's throughput).
+302: the floor (goal: the prefix at >= 0.5x the floor's throughput). Between the two,
+`prefix_unlogged_*` is the same Lua filter on a prefix the benchmark's gateway leaves
+out of the access log: floor -> unlogged is the Lua filter's cost, unlogged -> prefix
+the access log's (Envoy building and sending entries, analytics and PostgreSQL storing
+and counting them on the same two cores).
 `prefix_logged_ratio` is the requests analytics stored ÷ the redirects Envoy served on
 the prefix route (goal 1.0 with Envoy and analytics healthy); Envoy's own counters of
 access log entries written and dropped are printed beside it. Last, Envoy is killed
@@ -27,6 +31,7 @@ import asyncpg
 import grpc
 import httpx
 
+from devstack.postgres import PostgresServer
 from devstack.stack import GEN_DIR, REDIRECT_FLOOR_ENV, ROOT, PortPlan, Stack, ensure_generated
 from tests.bench import scale
 from tests.bench.wrk import BenchError, run_wrk
@@ -37,6 +42,7 @@ sys.path.insert(0, str(GEN_DIR))
 
 from podmesh.tenant.v1 import tenant_pb2_grpc  # noqa: E402
 
+from gateway.prefix_redirect import UNLOGGED_BENCH_PREFIX  # noqa: E402
 from services.shared.measurement_prefix import prefix_id  # noqa: E402
 from tests.support import create_tenant  # noqa: E402
 
@@ -90,13 +96,70 @@ async def wrk(script: Path, url: str, seconds: int) -> dict[str, int]:
     )
 
 
-async def measure(stack: Stack, name: str, url: str, seconds: int) -> tuple[float, float]:
-    """(requests per second, p99 ms) of one route."""
+async def measure(
+    stack: Stack, name: str, url: str, seconds: int, meter: CpuMeter
+) -> tuple[float, float]:
+    """(requests per second, p99 ms) of one route; prints the CPU each request cost
+    Envoy, analytics and PostgreSQL, read after what the route sent was stored."""
     script = stack.run_dir / f"{name}.lua"
     script.write_text(LUA % USER_AGENT)
     await wrk(script, url, WARMUP_SECONDS)
+    # The warm-up's entries reach analytics before the measurement starts.
+    await asyncio.sleep(SETTLE_S)
+    before = meter.read()
     result = await wrk(script, url, seconds)
+    await asyncio.sleep(SETTLE_S)
+    spent = cpu_per_request(before, meter.read(), result["requests"])
+    print(f"prefix_{name}_cpu_per_request: {spent}")
     return result["requests"] / (result["duration_us"] / 1e6), result["p99_us"] / 1000
+
+
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """User and system time of a process so far (all threads), with its reaped
+    children's when asked."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """The PostgreSQL server's CPU: the postmaster, its reaped and its live backends."""
+    total = cpu_seconds(postmaster, reaped_children=True)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == postmaster:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class CpuMeter:
+    """CPU seconds of Envoy, analytics and PostgreSQL between two readings: where a
+    route's requests cost, whatever else the shared machine runs."""
+
+    def __init__(self, stack: Stack) -> None:
+        envoy, analytics = stack.process("envoy"), stack.process("analytics")
+        assert envoy is not None
+        assert analytics is not None
+        postmaster = stack.postgres.pid if isinstance(stack.postgres, PostgresServer) else None
+        self._pids = {"envoy": envoy.pid, "analytics": analytics.pid}
+        self._postmaster = postmaster
+
+    def read(self) -> dict[str, float]:
+        spent = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        if self._postmaster is not None:
+            spent["postgres"] = postgres_cpu_seconds(self._postmaster)
+        return spent
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> str:
+    return " ".join(
+        f"{name}={(after[name] - before[name]) / max(requests, 1) * 1e6:.0f}us" for name in before
+    )
 
 
 async def envoy_counter(stack: Stack, name: str) -> int:
@@ -139,10 +202,15 @@ async def run(stack: Stack, seconds: int) -> None:
     tenant_id = uuid.UUID(tenant.id)
     prefix_url = f"{stack.gateway_url}/e/{prefix_id(tenant_id)}/cdn.example.com/show/ep-1.mp3"
 
-    floor_rps, floor_p99 = await measure(stack, "floor", stack.gateway_url + FLOOR_PATH, seconds)
+    unlogged_url = f"{stack.gateway_url}{UNLOGGED_BENCH_PREFIX}cdn.example.com/show/ep-1.mp3"
+    meter = CpuMeter(stack)
+    floor_rps, floor_p99 = await measure(
+        stack, "floor", stack.gateway_url + FLOOR_PATH, seconds, meter
+    )
+    unlogged_rps, unlogged_p99 = await measure(stack, "unlogged", unlogged_url, seconds, meter)
     served_before = await envoy_counter(stack, "lua.prefix_redirect.errors")
     redirects_before = await envoy_counter(stack, "http.gateway.downstream_rq_3xx")
-    prefix_rps, prefix_p99 = await measure(stack, "prefix", prefix_url, seconds)
+    prefix_rps, prefix_p99 = await measure(stack, "prefix", prefix_url, seconds, meter)
     served = await envoy_counter(stack, "http.gateway.downstream_rq_3xx") - redirects_before
     if await envoy_counter(stack, "lua.prefix_redirect.errors") != served_before:
         raise BenchError("the prefix filter's Lua script failed during the run")
@@ -154,6 +222,9 @@ async def run(stack: Stack, seconds: int) -> None:
     print(f"prefix_wrk_seconds: {seconds}")
     print(f"prefix_floor_redirects_per_s: {floor_rps:.0f}")
     print(f"prefix_floor_redirect_p99_ms: {floor_p99:.2f}")
+    print(f"prefix_unlogged_redirects_per_s: {unlogged_rps:.0f}")
+    print(f"prefix_unlogged_redirect_p99_ms: {unlogged_p99:.2f}")
+    print(f"prefix_unlogged_vs_floor_throughput: {unlogged_rps / floor_rps:.2f}")
     print(f"prefix_redirects_per_s: {prefix_rps:.0f}")
     print(f"prefix_redirect_p99_ms: {prefix_p99:.2f}")
     print(f"prefix_vs_floor_throughput: {prefix_rps / floor_rps:.2f}")

@@ -213,6 +213,8 @@ def test_request_bodies_are_capped_on_rest_and_unary_grpc_routes_only(
         if BUFFER_FILTER in r.get("typed_per_filter_config", {})
     }
     assert limits.pop("rest") == envoy_config.DEFAULT_MAX_REQUEST_BODY_BYTES
+    for path in envoy_config.PUBLIC_CORS_PATHS:
+        assert limits.pop(f"rest {path}") == envoy_config.DEFAULT_MAX_REQUEST_BODY_BYTES
     unary = {
         service.path(method)
         for service in podmesh_services(load_descriptor_set(probe_descriptor_set))

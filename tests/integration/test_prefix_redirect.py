@@ -20,7 +20,7 @@ from devstack.stack import Stack
 from services.shared.client_ip import IpHasher
 from services.shared.measurement_prefix import prefix_id, prefixed_url
 from tests.integration.conftest import CatalogStub
-from tests.prefix_support import MEDIA, MediaServer
+from tests.prefix_support import MEDIA, MediaServer, episode_at
 from tests.support import TenantHandle, bearer, create_tenant
 
 UA = "PodmeshPrefixTest/1.0 (httpx)"
@@ -73,10 +73,15 @@ def household(stack: Stack, tenant: TenantHandle, address: str) -> bytes:
 
 
 async def test_httpx_follows_the_redirect_and_the_request_is_counted(
-    stack: Stack, tenant: TenantHandle, media: MediaServer, db: asyncpg.Connection
+    stack: Stack,
+    tenant: TenantHandle,
+    catalog: CatalogStub,
+    media: MediaServer,
+    db: asyncpg.Connection,
 ) -> None:
     request_id = str(uuid.uuid4())
     path = f"{media.authority}/show/ep-{uuid.uuid4().hex}.mp3"
+    _, episode_id = await episode_at(catalog, tenant, f"https://{path}")
     async with httpx.AsyncClient(verify=media.client_context(), timeout=10) as client:
         response = await client.get(
             prefixed(stack, tenant, f"{path}?src=rss"),
@@ -101,6 +106,7 @@ async def test_httpx_follows_the_redirect_and_the_request_is_counted(
     assert row["household_id"] == household(stack, tenant, "127.0.0.1")
     assert row["media_url"] == f"https://{path}?src=rss"
     assert (row["method"], row["status"], row["filter_reason"]) == ("GET", 302, "")
+    assert row["episode_id"] == uuid.UUID(episode_id)
     assert row["counted"]
 
 
@@ -128,9 +134,15 @@ async def test_curl_follows_the_redirect(
 
 
 async def test_head_and_probe_are_stored_but_not_counted(
-    stack: Stack, tenant: TenantHandle, media: MediaServer, db: asyncpg.Connection
+    stack: Stack,
+    tenant: TenantHandle,
+    catalog: CatalogStub,
+    media: MediaServer,
+    db: asyncpg.Connection,
 ) -> None:
-    url = prefixed(stack, tenant, f"{media.authority}/show/probe-{uuid.uuid4().hex}.mp3")
+    target = f"{media.authority}/show/probe-{uuid.uuid4().hex}.mp3"
+    await episode_at(catalog, tenant, f"https://{target}")
+    url = prefixed(stack, tenant, target)
     head_id, probe_id, first_id, again_id = (str(uuid.uuid4()) for _ in range(4))
     async with httpx.AsyncClient(timeout=10) as client:
         head = await client.head(url, headers={"user-agent": UA, "x-request-id": head_id})

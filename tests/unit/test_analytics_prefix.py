@@ -17,7 +17,11 @@ from services.analytics.counting.records import ListenerRequest
 from services.analytics.peers import TenantProfile
 from services.analytics.prefix.entries import PrefixHit, media_target, prefix_hit
 from services.analytics.prefix.methodology import prefix_filter_reason, window_day
-from services.analytics.prefix.receiver import UNKNOWN_PREFIX_TTL_S, PrefixRecorder
+from services.analytics.prefix.receiver import (
+    UNKNOWN_PREFIX_TTL_S,
+    EpisodeSource,
+    PrefixRecorder,
+)
 from services.shared.db import Database
 from services.shared.errors import NotFound
 from services.shared.measurement_prefix import prefix_id, tenant_of_prefix
@@ -189,7 +193,14 @@ class Tenants:
 async def test_made_up_prefixes_are_asked_about_once_a_while() -> None:
     tenants, now = Tenants(), [0.0]
     # No database: hits of unknown tenants are dropped before any is stored.
-    recorder = PrefixRecorder(cast(Database, None), tenants, b"s" * 32, clock=lambda: now[0])
+    recorder = PrefixRecorder(
+        cast(Database, None),
+        tenants,
+        cast(EpisodeSource, None),
+        (),
+        b"s" * 32,
+        clock=lambda: now[0],
+    )
     made_up = [
         PrefixHit(uuid.uuid4(), "r", 0, "203.0.113.7", APP, "", "GET", "", 302, "u", "k")
         for _ in range(3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ class PrefixHit:
     media_key: str
 
 
+# A feed's episodes are requested over and over by the same paths.
+@functools.lru_cache(maxsize=4096)
 def media_target(path: str) -> tuple[str, str, str] | None:
     """(prefix id, media URL, host/path) of a prefix path, or None when the gateway
     would not have redirected it."""

@@ -18,7 +18,7 @@ from services.analytics.counting import FilterReason
 from services.analytics.counting.funnel import Outcome
 from services.analytics.peers import TenantClock
 from services.analytics.queries.buckets import Granularity, make_buckets
-from services.analytics.queries.reports import MAX_RANGE
+from services.analytics.queries.reports import MAX_RANGE, MeasurementSource
 from services.shared.validation import Violations
 
 # In the protobuf enum's order; every counting reason has its value (a reason added to
@@ -56,10 +56,16 @@ def funnel_period(
     end: datetime | None,
     zone_name: str,
     scope: tuple[uuid.UUID | None, uuid.UUID | None],
-) -> FunnelPeriod:
+    source: int = 0,
+) -> tuple[FunnelPeriod, MeasurementSource]:
     """The days covering [start, end) in the tenant's zone or UTC (the zones of the
-    funnel's daily rows, as QueryMetrics' daily buckets)."""
+    funnel's daily rows, as QueryMetrics' daily buckets), and the measurement asked for."""
     v = Violations()
+    try:
+        measurement = MeasurementSource(source or MeasurementSource.BYTES)
+    except ValueError:
+        v.add("source", f"{source} is not a known value")
+        measurement = MeasurementSource.BYTES
     v.check(start is not None, "start_time", "is required")
     v.check(end is not None, "end_time", "is required")
     if start is not None and end is not None:
@@ -84,7 +90,15 @@ def funnel_period(
     assert cube is not None
     buckets = make_buckets(start, end, Granularity.TOTAL, ZoneInfo(name))
     assert buckets.end_date is not None
-    return FunnelPeriod(
+    if measurement is MeasurementSource.PREFIX:
+        # The prefix funnel is kept per hour.
+        v.check(
+            buckets.hour_aligned,
+            "time_zone",
+            f"{name} is not a whole number of hours from UTC here: use UTC for the prefix funnel",
+        )
+        v.raise_if_any()
+    period = FunnelPeriod(
         name,
         cube,
         buckets.start_dates[0],
@@ -92,6 +106,7 @@ def funnel_period(
         buckets.starts[0],
         buckets.end,
     )
+    return period, measurement
 
 
 def funnel_to_pb(period: FunnelPeriod, totals: FunnelTotals) -> pb.CountingFunnel:
@@ -101,7 +116,7 @@ def funnel_to_pb(period: FunnelPeriod, totals: FunnelTotals) -> pb.CountingFunne
     repeats = totals[Outcome.WINDOW_REPEAT]
     downloads = totals[Outcome.DOWNLOAD]
     countable = below + repeats + downloads
-    stored = filtered + late + countable
+    stored = filtered + late + countable + totals.unmatched
     duplicates = totals[Outcome.DUPLICATE]
     funnel = pb.CountingFunnel(
         time_zone=period.zone_name,
@@ -115,6 +130,7 @@ def funnel_to_pb(period: FunnelPeriod, totals: FunnelTotals) -> pb.CountingFunne
         below_threshold_count=below,
         window_repeat_count=repeats,
         download_count=downloads,
+        unmatched_count=totals.unmatched,
     )
     funnel.start_time.FromDatetime(period.start)
     funnel.end_time.FromDatetime(period.end)
@@ -127,6 +143,8 @@ class FunnelTotals:
 
     outcomes: Mapping[Outcome, int]
     filtered: Mapping[FilterReason, int]
+    # Prefix requests whose media URL matches no episode of the tenant.
+    unmatched: int = 0
 
     def __getitem__(self, outcome: Outcome) -> int:
         return self.outcomes.get(outcome, 0)
@@ -165,3 +183,41 @@ async def read_funnel(
         if outcome is Outcome.FILTERED:
             filtered[FilterReason(row["reason"])] = row["requests"]
     return FunnelTotals(dict(outcomes), filtered)
+
+
+async def read_prefix_funnel(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    podcast_id: uuid.UUID | None,
+    episode_id: uuid.UUID | None,
+) -> FunnelTotals:
+    """The prefix funnel of the hours in [start, end); unmatched requests belong to the
+    whole tenant's funnel only."""
+    rows = await conn.fetch(
+        """
+        SELECT outcome, reason, sum(requests)::int8 AS requests FROM prefix_funnel_hourly
+        WHERE tenant_id = $1 AND hour >= $2 AND hour < $3
+            AND ($4::uuid IS NULL OR podcast_id = $4)
+            AND ($5::uuid IS NULL OR episode_id = $5)
+        GROUP BY outcome, reason
+        """,
+        tenant_id,
+        start,
+        end,
+        podcast_id,
+        episode_id,
+    )
+    outcomes: dict[Outcome, int] = defaultdict(int)
+    filtered: dict[FilterReason, int] = {}
+    unmatched = 0
+    for row in rows:
+        if row["outcome"] == "unmatched":
+            unmatched += row["requests"]
+            continue
+        outcome = Outcome(row["outcome"])
+        outcomes[outcome] += row["requests"]
+        if outcome is Outcome.FILTERED:
+            filtered[FilterReason(row["reason"])] = row["requests"]
+    return FunnelTotals(dict(outcomes), filtered, unmatched)

@@ -24,6 +24,7 @@ from services.analytics.queries.reports import (
     BreakdownLimits,
     CountRow,
     Dimension,
+    MeasurementSource,
     Methodology,
     Metric,
     MetricsQuery,
@@ -116,8 +117,15 @@ class MetricsReader:
     async def clock(self, tenant_id: uuid.UUID) -> TenantClock:
         return await self._clocks.clock(tenant_id)
 
-    def _methodology(self, clock: TenantClock, bucket_zone: str) -> Methodology:
-        return methodology(clock, bucket_zone, datetime.now(UTC), self._url, self._user_agent_lists)
+    def _methodology(
+        self,
+        clock: TenantClock,
+        bucket_zone: str,
+        source: MeasurementSource = MeasurementSource.BYTES,
+    ) -> Methodology:
+        return methodology(
+            clock, bucket_zone, datetime.now(UTC), self._url, self._user_agent_lists, source
+        )
 
     async def query(
         self,
@@ -148,7 +156,9 @@ class MetricsReader:
                     SketchRow(plan.buckets.index_of_date(r.day), _sketch_value(plan, r), r.sketch)
                     for r in records
                 ]
-        report = assemble(plan, counts, sketches, self._methodology(clock, plan.zone_name))
+        report = assemble(
+            plan, counts, sketches, self._methodology(clock, plan.zone_name, plan.measurement)
+        )
         return report, plan
 
     async def counting_funnel(
@@ -158,15 +168,23 @@ class MetricsReader:
         start: datetime | None,
         end: datetime | None,
         zone_name: str,
+        source: int = 0,
     ) -> tuple[funnel_report.FunnelPeriod, funnel_report.FunnelTotals, Methodology]:
         """Where the requests of the days covering [start, end) ended up."""
         clock = await self._clocks.clock(tenant_id)
-        period = funnel_report.funnel_period(clock, start, end, zone_name, scope)
+        period, measurement = funnel_report.funnel_period(
+            clock, start, end, zone_name, scope, source
+        )
         async with self._db.tenant_transaction(tenant_id) as conn:
-            totals = await funnel_report.read_funnel(
-                conn, tenant_id, period.cube_zone, period.first_day, period.end_day, *scope
-            )
-        return period, totals, self._methodology(clock, period.zone_name)
+            if measurement is MeasurementSource.PREFIX:
+                totals = await funnel_report.read_prefix_funnel(
+                    conn, tenant_id, period.start, period.end, *scope
+                )
+            else:
+                totals = await funnel_report.read_funnel(
+                    conn, tenant_id, period.cube_zone, period.first_day, period.end_day, *scope
+                )
+        return period, totals, self._methodology(clock, period.zone_name, measurement)
 
     async def export(self, tenant_id: uuid.UUID, query: MetricsQuery) -> str:
         report, plan = await self.query(tenant_id, query, EXPORT_LIMITS)

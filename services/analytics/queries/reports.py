@@ -34,6 +34,11 @@ from services.shared.timezones import time_zone
 from services.shared.validation import Violations
 
 GUIDELINE = "IAB Tech Lab Podcast Measurement Technical Guidelines v2.2"
+PREFIX_GUIDELINE = (
+    "Podmesh measurement prefix methodology v1 (OP3-style: redirects after the bot, HEAD, "
+    "bytes=0-1 and duplicate filtering, one download per listener, episode and UTC day, "
+    "no byte threshold)"
+)
 # Apache DataSketches HLL precision the ingestion side builds listener sketches with.
 SKETCH_LG_K = 12
 MAX_RANGE = timedelta(days=400)
@@ -49,6 +54,19 @@ class Metric(enum.IntEnum):
     DOWNLOADS = 1
     LISTENERS = 2
     ADS_DELIVERED = 3
+
+
+class MeasurementSource(enum.IntEnum):
+    """Where a report's numbers come from; one source per report, never added."""
+
+    BYTES = 1
+    PREFIX = 2
+
+
+SOURCE_TEXT = {
+    MeasurementSource.BYTES: "byte-verified (listener requests with bytes served)",
+    MeasurementSource.PREFIX: "measurement prefix (redirects, no bytes served)",
+}
 
 
 class Dimension(enum.IntEnum):
@@ -97,12 +115,21 @@ class Methodology:
     complete_until: datetime
     url: str
     user_agent_lists: str
+    source: MeasurementSource = MeasurementSource.BYTES
 
 
 def methodology(
-    clock: TenantClock, bucket_time_zone: str, now: datetime, url: str, user_agent_lists: str
+    clock: TenantClock,
+    bucket_time_zone: str,
+    now: datetime,
+    url: str,
+    user_agent_lists: str,
+    source: MeasurementSource = MeasurementSource.BYTES,
 ) -> Methodology:
     """Numbers are final once every window that could still add to them has closed."""
+    if source is MeasurementSource.PREFIX:
+        # Prefix downloads are one per UTC day, whatever the tenant counts by.
+        clock = TenantClock(clock.time_zone, CountingWindow.UTC_DAY)
     if clock.counting_window is CountingWindow.ROLLING_24H:
         complete_until = now - DAY
     else:
@@ -110,13 +137,14 @@ def methodology(
         assert zone is not None
         complete_until = day_start(local_date(now, zone), zone)
     return Methodology(
-        guideline=GUIDELINE,
         counting_window=clock.counting_window,
         counting_time_zone=clock.counting_time_zone,
         bucket_time_zone=bucket_time_zone,
         complete_until=complete_until,
         url=url,
         user_agent_lists=user_agent_lists,
+        source=source,
+        guideline=PREFIX_GUIDELINE if source is MeasurementSource.PREFIX else GUIDELINE,
     )
 
 
@@ -136,6 +164,8 @@ class MetricsQuery:
     apps: tuple[str, ...] = ()
     device_classes: tuple[str, ...] = ()
     country_codes: tuple[str, ...] = ()
+    # MeasurementSource's number; 0 is byte-verified.
+    source: int = 0
 
 
 @dataclass(frozen=True)
@@ -173,6 +203,7 @@ class Plan:
     filters: dict[Dimension, tuple[str, ...]] = field(default_factory=dict)
     # The dimension whose rows a DAILY_DIMENSION plan reads.
     row_dimension: Dimension | None = None
+    measurement: MeasurementSource = MeasurementSource.BYTES
 
 
 def _enum_value(kind: type[_E], value: int, field_name: str, violations: Violations) -> _E | None:
@@ -219,6 +250,9 @@ def plan_query(query: MetricsQuery, clock: TenantClock, limits: BreakdownLimits)
     v.check(query.end is not None, "end_time", "is required")
     granularity = _enum_value(Granularity, query.granularity or Granularity.DAY, "granularity", v)
     breakdown = _enum_value(Dimension, query.breakdown, "breakdown", v) if query.breakdown else None
+    measurement = _enum_value(
+        MeasurementSource, query.source or MeasurementSource.BYTES, "source", v
+    )
     metrics: list[Metric] = []
     for i, number in enumerate(query.metrics or (Metric.DOWNLOADS,)):
         metric = _enum_value(Metric, number, f"metrics[{i}]", v)
@@ -260,9 +294,24 @@ def plan_query(query: MetricsQuery, clock: TenantClock, limits: BreakdownLimits)
     assert granularity is not None
     assert zone is not None
 
+    assert measurement is not None
     buckets = make_buckets(query.start, query.end, granularity, zone)
     cube_zone = clock.cube_zone(zone_name) if granularity is not Granularity.HOUR else None
     source, row_dimension = _source(cube_zone, breakdown, filters)
+    if measurement is MeasurementSource.PREFIX:
+        # Prefix downloads have an hourly cube only, for every zone and breakdown.
+        cube_zone, source, row_dimension = None, Source.HOURLY, None
+        v.check(
+            metrics == [Metric.DOWNLOADS],
+            "metrics",
+            "prefix data has downloads only (a redirect delivers no ads, and listeners are "
+            "not estimated for it): ask for METRIC_DOWNLOADS",
+        )
+        v.check(
+            breakdown is not Dimension.AD_SLOT,
+            "breakdown",
+            "prefix data has no ad deliveries to break down by ad slot",
+        )
     if breakdown is Dimension.AD_SLOT:
         v.check(
             metrics == [Metric.ADS_DELIVERED],
@@ -309,6 +358,7 @@ def plan_query(query: MetricsQuery, clock: TenantClock, limits: BreakdownLimits)
         episode_ids=query.episode_ids,
         filters=filters,
         row_dimension=row_dimension,
+        measurement=measurement,
     )
 
 
@@ -489,6 +539,7 @@ def render_csv(report: Report, plan: Plan) -> str:
         f"# complete until: {m.complete_until.astimezone(UTC).isoformat()}",
         f"# methodology: {m.url}",
         f"# user agent lists: {m.user_agent_lists}",
+        f"# source: {SOURCE_TEXT[m.source]}",
     ]
     out = io.StringIO()
     out.write("\n".join(lines) + "\n")

@@ -16,7 +16,13 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
-from services.analytics.queries.reports import CountRow, Dimension, Plan, Source
+from services.analytics.queries.reports import (
+    CountRow,
+    Dimension,
+    MeasurementSource,
+    Plan,
+    Source,
+)
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 
@@ -104,7 +110,10 @@ async def count_rows(conn: Conn, tenant_id: uuid.UUID, plan: Plan) -> list[Count
                 q.where.append(f"value = ANY({q.arg(list(kept))}::text[])")
     q.scope(plan.podcast_id, plan.episode_ids)
     table = plan.source.value
-    if plan.source in (Source.DAILY, Source.DAILY_DIMENSION):
+    if plan.measurement is MeasurementSource.PREFIX:
+        # The same shape as rollup_hourly, kept apart (db/migrations/0047).
+        table = "prefix_rollup_hourly"
+    elif plan.source in (Source.DAILY, Source.DAILY_DIMENSION):
         table = _daily_table(table, plan.podcast_id, plan.episode_ids, plan.breakdown)
     downloads = "0" if plan.source is Source.DAILY_AD_SLOT else "sum(downloads)"
     rows = await conn.fetch(

@@ -1,0 +1,1 @@
+"""Tracking pixels and site events: what visitors do on sponsors' sites."""

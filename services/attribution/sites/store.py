@@ -1,0 +1,366 @@
+"""PostgreSQL for pixels and site events: every statement the sites package runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from services.attribution.reports.versions import bump_version
+from services.attribution.sites.records import COLUMNS, PixelInfo, Row, order_key_of
+from services.shared.db import Database
+from services.shared.errors import Unavailable
+
+KIND_EVENT = 1
+KIND_ORDER = 2
+ACTIVE, DISABLED = 1, 2
+# A pixel's last_event_time is rewritten at most this often: a busy pixel's row is not
+# updated by every batch, and "last seen" needs no better precision.
+LAST_EVENT_RESOLUTION = dt.timedelta(minutes=1)
+_TABLE = "site_events"
+_PIXEL_COLUMNS = (
+    "pixel_id, sponsor_id, display_name, state, allowed_origins, sponsor_domain, "
+    "last_event_time, created_at, updated_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PixelRow:
+    pixel_id: uuid.UUID
+    sponsor_id: uuid.UUID
+    display_name: str
+    state: int
+    allowed_origins: tuple[str, ...]
+    sponsor_domain: str
+    last_event_time: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> PixelRow:
+        return cls(**{**dict(record), "allowed_origins": tuple(record["allowed_origins"])})
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    pixel_id: uuid.UUID | None
+    sponsor_id: uuid.UUID | None
+    types: tuple[int, ...]
+    start: dt.datetime | None
+    end: dt.datetime | None
+
+
+# Sorted, so concurrent batches sharing keys (resends) take their locks in one order.
+_INSERT_KEYS = """
+    INSERT INTO attribution_keys (tenant_id, kind, key, event_time)
+    SELECT $1, $2, k.key, k.event_time
+    FROM unnest($3::text[], $4::timestamptz[]) AS k (key, event_time)
+    ORDER BY k.key
+"""
+
+
+def partition_name(day: dt.date) -> str:
+    return f"{_TABLE}_{day:%Y%m%d}"
+
+
+class SiteEventStore:
+    def __init__(self, db: Database, hypertable: bool) -> None:
+        self._db = db
+        # TimescaleDB chunks are not ours to COPY into: rows then go through the
+        # hypertable from a staging table.
+        self._hypertable = hypertable
+        self._partitions: set[dt.date] = set()
+
+    @classmethod
+    async def create(cls, db: Database) -> SiteEventStore:
+        async with db.platform_transaction() as conn:
+            hypertable = await conn.fetchval(
+                "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
+            )
+        return cls(db, bool(hypertable))
+
+    # --- pixels ----------------------------------------------------------------------
+
+    async def insert_pixel(self, tenant_id: uuid.UUID, pixel: PixelRow) -> PixelRow:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            record = await conn.fetchrow(
+                f"""
+                INSERT INTO pixels (tenant_id, pixel_id, sponsor_id, display_name, state,
+                                    allowed_origins, sponsor_domain)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                RETURNING {_PIXEL_COLUMNS}
+                """,
+                tenant_id,
+                pixel.pixel_id,
+                pixel.sponsor_id,
+                pixel.display_name,
+                pixel.state,
+                list(pixel.allowed_origins),
+                pixel.sponsor_domain,
+            )
+        return PixelRow.of(record)
+
+    async def pixel(self, tenant_id: uuid.UUID, pixel_id: uuid.UUID) -> PixelRow | None:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            record = await conn.fetchrow(
+                f"SELECT {_PIXEL_COLUMNS} FROM pixels WHERE tenant_id = $1 AND pixel_id = $2",
+                tenant_id,
+                pixel_id,
+            )
+        return PixelRow.of(record) if record else None
+
+    async def list_pixels(
+        self,
+        tenant_id: uuid.UUID,
+        sponsor_id: uuid.UUID | None,
+        after: tuple[dt.datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[PixelRow]:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            records = await conn.fetch(
+                f"""
+                SELECT {_PIXEL_COLUMNS} FROM pixels
+                WHERE tenant_id = $1
+                  AND ($2::uuid IS NULL OR sponsor_id = $2)
+                  AND ($3::timestamptz IS NULL OR (created_at, pixel_id) > ($3, $4))
+                ORDER BY created_at, pixel_id
+                LIMIT $5
+                """,
+                tenant_id,
+                sponsor_id,
+                after[0] if after else None,
+                after[1] if after else None,
+                limit,
+            )
+        return [PixelRow.of(r) for r in records]
+
+    async def update_pixel(
+        self, tenant_id: uuid.UUID, pixel_id: uuid.UUID, changes: Mapping[str, Any]
+    ) -> PixelRow | None:
+        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=3))
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            record = await conn.fetchrow(
+                f"""
+                UPDATE pixels SET {assignments}, updated_at = now()
+                WHERE tenant_id = $1 AND pixel_id = $2
+                RETURNING {_PIXEL_COLUMNS}
+                """,
+                tenant_id,
+                pixel_id,
+                *changes.values(),
+            )
+        return PixelRow.of(record) if record else None
+
+    async def delete_pixel(self, tenant_id: uuid.UUID, pixel_id: uuid.UUID) -> bool:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            deleted = await conn.fetchval(
+                "DELETE FROM pixels WHERE tenant_id = $1 AND pixel_id = $2 RETURNING 1",
+                tenant_id,
+                pixel_id,
+            )
+        return bool(deleted)
+
+    async def pixel_tenants(self, pixel_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+        """Which tenant each pixel belongs to, for calls without a credential."""
+        async with self._db.platform_transaction() as conn:
+            records = await conn.fetch(
+                "SELECT pixel_id, tenant_id FROM attribution_pixel_tenants($1)", list(pixel_ids)
+            )
+        return {r["pixel_id"]: r["tenant_id"] for r in records}
+
+    async def sources(
+        self, tenant_id: uuid.UUID, pixel_ids: Iterable[uuid.UUID], sponsor_ids: Iterable[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, PixelInfo], frozenset[uuid.UUID]]:
+        """The tenant's pixels among `pixel_ids`, and which of `sponsor_ids` have a
+        pixel (the sponsors server events may name)."""
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            pixels = await conn.fetch(
+                """
+                SELECT pixel_id, sponsor_id, state, allowed_origins, sponsor_domain
+                FROM pixels WHERE tenant_id = $1 AND pixel_id = ANY ($2)
+                """,
+                tenant_id,
+                list(pixel_ids),
+            )
+            sponsors = await conn.fetch(
+                "SELECT DISTINCT sponsor_id FROM pixels WHERE tenant_id = $1 "
+                "AND sponsor_id = ANY ($2)",
+                tenant_id,
+                list(sponsor_ids),
+            )
+        return {
+            r["pixel_id"]: PixelInfo(
+                sponsor_id=r["sponsor_id"],
+                active=r["state"] == ACTIVE,
+                allowed_origins=tuple(r["allowed_origins"]),
+                sponsor_domain=r["sponsor_domain"],
+            )
+            for r in pixels
+        }, frozenset(r["sponsor_id"] for r in sponsors)
+
+    # --- site events -----------------------------------------------------------------
+
+    async def commit(self, tenant_id: uuid.UUID, rows: Sequence[Row]) -> int:
+        """Stores the rows whose event id (and, for purchases, order) is new; returns
+        how many. Durable when it returns."""
+        if not rows:
+            return 0
+        try:
+            await self.ensure_partitions({row.event_time.date() for row in rows})
+            async with self._db.tenant_transaction(tenant_id) as conn:
+                # Acknowledged batches must survive a crash whatever the server default.
+                await conn.execute("SELECT set_config('synchronous_commit', 'on', true)")
+                fresh = await self._claim(conn, tenant_id, rows)
+                if fresh:
+                    await self._insert(conn, fresh)
+                    await self._touch_pixels(conn, tenant_id, fresh)
+                    await bump_version(conn)
+                return len(fresh)
+        except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as error:
+            raise Unavailable(f"database unavailable: {type(error).__name__}") from error
+
+    async def _claim(
+        self, conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: Sequence[Row]
+    ) -> list[Row]:
+        """The rows whose keys this transaction stored first: event ids, then the
+        orders of the purchases among them."""
+        claimed = await self._insert_keys(
+            conn, tenant_id, KIND_EVENT, [row.event_id for row in rows], rows
+        )
+        new = [row for row in rows if row.event_id in claimed]
+        orders = [row for row in new if row.order_id]
+        if not orders:
+            return new
+        keys = [order_key_of(row.sponsor_id, row.order_id) for row in orders]
+        claimed_orders = await self._insert_keys(conn, tenant_id, KIND_ORDER, keys, orders)
+        refused = {
+            row.event_id for row, key in zip(orders, keys, strict=True) if key not in claimed_orders
+        }
+        return [row for row in new if row.event_id not in refused]
+
+    @staticmethod
+    async def _insert_keys(
+        conn: asyncpg.Connection,
+        tenant_id: uuid.UUID,
+        kind: int,
+        keys: Sequence[str],
+        rows: Sequence[Row],
+    ) -> set[str]:
+        """The keys this transaction stored; the others were stored before.
+
+        Fresh keys are the rule (resends are rare), so they are first inserted plainly,
+        which costs less than a speculative insert per key; only when one was stored
+        before do they go again, skipping the stored ones.
+        """
+        args = (tenant_id, kind, keys, [row.event_time for row in rows])
+        try:
+            async with conn.transaction():
+                await conn.execute(_INSERT_KEYS, *args)
+            return set(keys)
+        except asyncpg.UniqueViolationError:
+            pass
+        records = await conn.fetch(_INSERT_KEYS + " ON CONFLICT DO NOTHING RETURNING key", *args)
+        return {r["key"] for r in records}
+
+    async def _insert(self, conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
+        if self._hypertable:
+            await conn.execute(
+                f"CREATE TEMP TABLE staged_site_events (LIKE {_TABLE}) ON COMMIT DROP"
+            )
+            await conn.copy_records_to_table("staged_site_events", records=rows, columns=COLUMNS)
+            await conn.execute(f"INSERT INTO {_TABLE} SELECT * FROM staged_site_events")
+            return
+        by_day: dict[dt.date, list[Row]] = defaultdict(list)
+        for row in rows:
+            by_day[row.event_time.date()].append(row)
+        for day, day_rows in by_day.items():
+            await conn.copy_records_to_table(partition_name(day), records=day_rows, columns=COLUMNS)
+
+    @staticmethod
+    async def _touch_pixels(
+        conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: Sequence[Row]
+    ) -> None:
+        latest: dict[uuid.UUID, dt.datetime] = {}
+        for row in rows:
+            pixel_id = row.pixel_id
+            if pixel_id is not None and (
+                pixel_id not in latest or row.receive_time > latest[pixel_id]
+            ):
+                latest[pixel_id] = row.receive_time
+        if not latest:
+            return
+        await conn.execute(
+            """
+            UPDATE pixels p SET last_event_time = t.seen
+            FROM unnest($2::uuid[], $3::timestamptz[]) AS t (pixel_id, seen)
+            WHERE p.tenant_id = $1 AND p.pixel_id = t.pixel_id
+              AND (p.last_event_time IS NULL OR p.last_event_time < t.seen - $4::interval)
+            """,
+            tenant_id,
+            list(latest),
+            list(latest.values()),
+            LAST_EVENT_RESOLUTION,
+        )
+
+    async def list_events(
+        self,
+        tenant_id: uuid.UUID,
+        where: EventFilter,
+        before: tuple[dt.datetime, str] | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            return list(
+                await conn.fetch(
+                    f"""
+                    SELECT {", ".join(COLUMNS)} FROM {_TABLE}
+                    WHERE tenant_id = $1
+                      AND ($2::uuid IS NULL OR pixel_id = $2)
+                      AND ($3::uuid IS NULL OR sponsor_id = $3)
+                      AND (cardinality($4::smallint[]) = 0 OR event_type = ANY ($4))
+                      AND ($5::timestamptz IS NULL OR event_time >= $5)
+                      AND ($6::timestamptz IS NULL OR event_time < $6)
+                      AND ($7::timestamptz IS NULL OR (event_time, event_id) < ($7, $8))
+                    ORDER BY event_time DESC, event_id DESC
+                    LIMIT $9
+                    """,
+                    tenant_id,
+                    where.pixel_id,
+                    where.sponsor_id,
+                    list(where.types),
+                    where.start,
+                    where.end,
+                    before[0] if before else None,
+                    before[1] if before else None,
+                    limit,
+                )
+            )
+
+    # --- partitions ------------------------------------------------------------------
+
+    async def ensure_partitions(self, days: Iterable[dt.date]) -> None:
+        """Creates the day partitions this process has not seen yet, in a transaction
+        of their own: creating one locks the parent, which must never wait inside a
+        transaction that holds rows."""
+        missing = sorted(set(days) - self._partitions)
+        if not missing:
+            return
+        if not self._hypertable:
+            async with self._db.platform_transaction() as conn:
+                for day in missing:
+                    await conn.fetchval(
+                        "SELECT attribution_ensure_partitions($1, $2, $2)", _TABLE, day
+                    )
+        self._partitions.update(missing)
+
+    async def drop_partitions_before(self, day: dt.date) -> list[str]:
+        """Drops the day partitions (all tenants) before `day`, with their keys."""
+        async with self._db.platform_transaction() as conn:
+            records = await conn.fetch("SELECT attribution_drop_partitions($1, $2)", _TABLE, day)
+        self._partitions = {known for known in self._partitions if known >= day}
+        return [r[0] for r in records]
