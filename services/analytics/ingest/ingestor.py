@@ -164,15 +164,7 @@ class Ingestor:
     def start_upkeep(self, lease: PeriodicLease) -> None:
         """Runs `upkeep` now and every `maintenance_interval_s` while the process lives,
         on one replica per interval (the lease's holder)."""
-        self._upkeep = asyncio.create_task(self._upkeep_loop(lease))
-
-    async def _upkeep_loop(self, lease: PeriodicLease) -> None:
-        while True:
-            try:
-                await lease.run(self.upkeep)
-            except Exception:
-                log.exception("ingestion upkeep failed; trying again next round")
-            await asyncio.sleep(self._settings.maintenance_interval_s)
+        self._upkeep = lease.start(self.upkeep)
 
     async def upkeep(self) -> None:
         """Partitions for the next days, old days dropped, closed windows' states pruned."""

@@ -210,15 +210,7 @@ class SiteEvents:
     def start_upkeep(self, lease: PeriodicLease) -> None:
         """Runs `upkeep` now and every `maintenance_interval_s` while the process lives,
         on one replica per interval (the lease's holder)."""
-        self._upkeep = asyncio.create_task(self._upkeep_loop(lease))
-
-    async def _upkeep_loop(self, lease: PeriodicLease) -> None:
-        while True:
-            try:
-                await lease.run(self._run_upkeep)
-            except Exception:
-                log.exception("site events upkeep failed; trying again next round")
-            await asyncio.sleep(self._settings.maintenance_interval_s)
+        self._upkeep = lease.start(self._run_upkeep)
 
     async def upkeep(self) -> list[str]:
         """Partitions for yesterday to three days ahead; days past retention dropped,
