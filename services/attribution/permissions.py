@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.attribution.sites.service import MAX_BATCH_BYTES
 from services.shared.auth import CredentialOptional, MethodRule, Permission
+from services.shared.batch_stream import MAX_BATCH_BYTES
 from services.shared.config import Settings
 from services.shared.inputs import MIB, InputRule, InputRules
 

@@ -10,6 +10,7 @@ idempotent (they are: partitions created if missing, old ones dropped if present
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,19 @@ class PeriodicLease:
         self._interval_s = interval_s
         self._token = secrets.token_hex(8)
         self._redis_down = False
+
+    def start(self, job: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Runs job now and every interval until the task is cancelled, on one replica
+        per interval; a round that fails is logged and the next one runs."""
+        return asyncio.create_task(self._every_interval(job))
+
+    async def _every_interval(self, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await self.run(job)
+            except Exception:
+                log.exception("job %s failed; trying again next round", self._lock_name)
+            await asyncio.sleep(self._interval_s)
 
     async def run(self, job: Callable[[], Awaitable[None]]) -> bool:
         """Runs job unless another replica holds this interval's lease or runs it now."""

@@ -25,7 +25,7 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,11 +57,10 @@ from services.analytics.live.counters import CountedDownloads, EpisodeRequests, 
 from services.analytics.peers import Metadata, TenantProfiles
 from services.analytics.queries.funnel_report import filter_reason_counts
 from services.shared.auth import Principal
+from services.shared.batch_stream import acknowledged_in_order, batch_size_problem
 from services.shared.config import Settings
 from services.shared.context import current_principal, current_tenant_id
 from services.shared.errors import (
-    DomainError,
-    FieldViolation,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
@@ -72,7 +71,6 @@ from services.shared.server import Resources
 log = logging.getLogger("podmesh.analytics.ingest")
 
 MAX_BATCH_RECORDS = 5_000
-MAX_BATCH_BYTES = 4 * 1024 * 1024
 HOUR_US = 3_600 * 1_000_000
 HANDOFF_KEPT_S = 10.0
 
@@ -166,15 +164,7 @@ class Ingestor:
     def start_upkeep(self, lease: PeriodicLease) -> None:
         """Runs `upkeep` now and every `maintenance_interval_s` while the process lives,
         on one replica per interval (the lease's holder)."""
-        self._upkeep = asyncio.create_task(self._upkeep_loop(lease))
-
-    async def _upkeep_loop(self, lease: PeriodicLease) -> None:
-        while True:
-            try:
-                await lease.run(self.upkeep)
-            except Exception:
-                log.exception("ingestion upkeep failed; trying again next round")
-            await asyncio.sleep(self._settings.maintenance_interval_s)
+        self._upkeep = lease.start(self.upkeep)
 
     async def upkeep(self) -> None:
         """Partitions for the next days, old days dropped, closed windows' states pruned."""
@@ -206,55 +196,26 @@ class Ingestor:
         """Acknowledges each batch once durable, in order; ends with the first batch error."""
         tenant_id = current_tenant_id()
         principal = current_principal()
-        slots = asyncio.Semaphore(self._settings.ingest_max_in_flight)
-        in_flight: asyncio.Queue[tuple[int, asyncio.Task[BatchOutcome]] | DomainError | None] = (
-            asyncio.Queue()
-        )
+        # Set once the batch before is queued for its transaction: a stream's batches
+        # are prepared at once but committed in order.
+        previous: asyncio.Event | None = None
 
-        async def read() -> None:
-            iterator = aiter(messages)
-            # Set once the batch before is queued for its transaction: a stream's batches
-            # are prepared at once but committed in order.
-            previous: asyncio.Event | None = None
-            while True:
-                await slots.acquire()
-                try:
-                    message = await anext(iterator)
-                except StopAsyncIteration:
-                    await in_flight.put(None)
-                    return
-                problem = _batch_size_problem(len(message.requests), message.ByteSize())
-                if problem is not None:
-                    # Batches before it are still acknowledged; then the stream ends.
-                    await in_flight.put(problem)
-                    return
-                queued = asyncio.Event()
-                task = asyncio.create_task(
-                    self._ingest(
-                        tenant_id, principal, message.requests, credentials, previous, queued
-                    )
-                )
-                previous = queued
-                await in_flight.put((message.sequence, task))
+        def check(message: pb.StreamListenerEventsRequest) -> InvalidArgument | None:
+            return _batch_size_problem(len(message.requests), message.ByteSize())
 
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                item = await _next_or_reader_failure(in_flight, reader)
-                if item is None:
-                    break
-                if isinstance(item, DomainError):
-                    raise item
-                sequence, task = item
-                outcome = await task
-                yield pb.StreamListenerEventsResponse(sequence=sequence, **outcome.counts())
-                slots.release()
-        finally:
-            reader.cancel()
-            while not in_flight.empty():
-                leftover = in_flight.get_nowait()
-                if isinstance(leftover, tuple):
-                    leftover[1].cancel()
+        def start(message: pb.StreamListenerEventsRequest) -> Awaitable[BatchOutcome]:
+            nonlocal previous
+            queued = asyncio.Event()
+            work = self._ingest(
+                tenant_id, principal, message.requests, credentials, previous, queued
+            )
+            previous = queued
+            return work
+
+        async for sequence, outcome in acknowledged_in_order(
+            messages, check, start, self._settings.ingest_max_in_flight
+        ):
+            yield pb.StreamListenerEventsResponse(sequence=sequence, **outcome.counts())
 
     async def ingest(
         self, request: pb.IngestListenerEventsRequest, credentials: Metadata
@@ -533,33 +494,7 @@ def _fail(done: asyncio.Future[BatchArrivals], error: BaseException) -> None:
 
 
 def _batch_size_problem(records: int, size: int) -> InvalidArgument | None:
-    if not 1 <= records <= MAX_BATCH_RECORDS:
-        return InvalidArgument(
-            [FieldViolation("requests", f"a batch holds 1 to {MAX_BATCH_RECORDS:,} records")],
-            f"a batch of {records:,} records: send 1 to {MAX_BATCH_RECORDS:,}",
-            reason="BATCH_TOO_LARGE" if records else "BATCH_EMPTY",
-        )
-    if size > MAX_BATCH_BYTES:
-        return InvalidArgument(
-            [FieldViolation("requests", f"a batch is at most {MAX_BATCH_BYTES:,} bytes")],
-            f"a batch of {size:,} bytes: send at most {MAX_BATCH_BYTES:,} (4 MiB)",
-            reason="BATCH_TOO_LARGE",
-        )
-    return None
-
-
-async def _next_or_reader_failure(
-    queue: asyncio.Queue[tuple[int, asyncio.Task[BatchOutcome]] | DomainError | None],
-    reader: asyncio.Task[None],
-) -> tuple[int, asyncio.Task[BatchOutcome]] | DomainError | None:
-    """The next item in flight; if the reader failed (the client's stream broke), that."""
-    getter = asyncio.ensure_future(queue.get())
-    await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-    if getter.done():
-        return getter.result()
-    getter.cancel()
-    reader.result()
-    return await queue.get()
+    return batch_size_problem(records, size, MAX_BATCH_RECORDS, "requests")
 
 
 async def build_ingestion(

@@ -214,15 +214,7 @@ class Exposures:
 
     def start_upkeep(self, lease: PeriodicLease) -> None:
         """Runs `upkeep` now and every maintenance interval on one replica at a time."""
-        self._upkeep = asyncio.create_task(self._upkeep_loop(lease))
-
-    async def _upkeep_loop(self, lease: PeriodicLease) -> None:
-        while True:
-            try:
-                await lease.run(self.upkeep)
-            except Exception:
-                log.exception("exposure upkeep failed; trying again next round")
-            await asyncio.sleep(self._settings.maintenance_interval_s)
+        self._upkeep = lease.start(self.upkeep)
 
     async def upkeep(self) -> None:
         """Partitions for the days ahead; days past the raw retention dropped."""

@@ -26,12 +26,11 @@ from services.attribution.sites import origins
 from services.attribution.sites.limits import PixelRateLimiter
 from services.attribution.sites.records import PixelInfo, Request, check_batch, pixel_ids
 from services.attribution.sites.store import SiteEventStore
+from services.shared.batch_stream import acknowledged_in_order, batch_size_problem
 from services.shared.client_ip import InvalidIpError, IpHasher
 from services.shared.config import Settings
 from services.shared.context import principal_var, tenant_of
 from services.shared.errors import (
-    DomainError,
-    FieldViolation,
     InvalidArgument,
     ResourceExhausted,
 )
@@ -42,7 +41,6 @@ log = logging.getLogger("podmesh.attribution.sites")
 
 MAX_STREAM_BATCH_EVENTS = 5_000
 MAX_TRACK_EVENTS = 500
-MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 class SiteSettings(Settings):
@@ -106,7 +104,9 @@ class SiteEvents:
     # --- ingestion -------------------------------------------------------------------
 
     async def track(self, events: Sequence[pb.SiteEvent], request: Request) -> BatchOutcome:
-        problem = _batch_problem(len(events), sum(e.ByteSize() for e in events), MAX_TRACK_EVENTS)
+        problem = batch_size_problem(
+            len(events), sum(e.ByteSize() for e in events), MAX_TRACK_EVENTS, "events"
+        )
         if problem is not None:
             raise problem
         principal = principal_var.get()
@@ -147,48 +147,24 @@ class SiteEvents:
         principal = principal_var.get()
         assert principal is not None, "streams require a credential"
         tenant_id = tenant_of(principal)
-        slots = asyncio.Semaphore(self._settings.site_events_max_in_flight)
-        in_flight: asyncio.Queue[tuple[int, asyncio.Task[BatchOutcome]] | DomainError | None] = (
-            asyncio.Queue()
-        )
 
-        async def read() -> None:
-            async for message in messages:
-                await slots.acquire()
-                problem = _batch_problem(
-                    len(message.events), message.ByteSize(), MAX_STREAM_BATCH_EVENTS
-                )
-                if problem is not None:
-                    # Batches before it are still acknowledged; then the stream ends.
-                    await in_flight.put(problem)
-                    return
-                task = asyncio.create_task(self._batch(tenant_id, message.events, request))
-                await in_flight.put((message.sequence, task))
-            await in_flight.put(None)
+        def check(message: pb.StreamSiteEventsRequest) -> InvalidArgument | None:
+            return batch_size_problem(
+                len(message.events), message.ByteSize(), MAX_STREAM_BATCH_EVENTS, "events"
+            )
 
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                item = await _next_or_reader_failure(in_flight, reader)
-                if item is None:
-                    break
-                if isinstance(item, DomainError):
-                    raise item
-                sequence, task = item
-                outcome = await task
-                yield pb.StreamSiteEventsResponse(
-                    sequence=sequence,
-                    accepted_count=outcome.accepted,
-                    duplicate_count=outcome.duplicates,
-                    rejections=outcome.rejections,
-                )
-                slots.release()
-        finally:
-            reader.cancel()
-            while not in_flight.empty():
-                leftover = in_flight.get_nowait()
-                if isinstance(leftover, tuple):
-                    leftover[1].cancel()
+        async for sequence, outcome in acknowledged_in_order(
+            messages,
+            check,
+            lambda message: self._batch(tenant_id, message.events, request),
+            self._settings.site_events_max_in_flight,
+        ):
+            yield pb.StreamSiteEventsResponse(
+                sequence=sequence,
+                accepted_count=outcome.accepted,
+                duplicate_count=outcome.duplicates,
+                rejections=outcome.rejections,
+            )
 
     async def _batch(
         self, tenant_id: uuid.UUID | None, events: Sequence[pb.SiteEvent], request: Request
@@ -234,15 +210,7 @@ class SiteEvents:
     def start_upkeep(self, lease: PeriodicLease) -> None:
         """Runs `upkeep` now and every `maintenance_interval_s` while the process lives,
         on one replica per interval (the lease's holder)."""
-        self._upkeep = asyncio.create_task(self._upkeep_loop(lease))
-
-    async def _upkeep_loop(self, lease: PeriodicLease) -> None:
-        while True:
-            try:
-                await lease.run(self._run_upkeep)
-            except Exception:
-                log.exception("site events upkeep failed; trying again next round")
-            await asyncio.sleep(self._settings.maintenance_interval_s)
+        self._upkeep = lease.start(self._run_upkeep)
 
     async def upkeep(self) -> list[str]:
         """Partitions for yesterday to three days ahead; days past retention dropped,
@@ -268,33 +236,3 @@ def _sponsor_ids(events: Sequence[pb.SiteEvent]) -> set[uuid.UUID]:
         except ValueError:
             continue
     return found
-
-
-def _batch_problem(records: int, size: int, maximum: int) -> InvalidArgument | None:
-    if not 1 <= records <= maximum:
-        return InvalidArgument(
-            [FieldViolation("events", f"a batch holds 1 to {maximum:,} events")],
-            f"a batch of {records:,} events: send 1 to {maximum:,}",
-            reason="BATCH_TOO_LARGE" if records else "BATCH_EMPTY",
-        )
-    if size > MAX_BATCH_BYTES:
-        return InvalidArgument(
-            [FieldViolation("events", f"a batch is at most {MAX_BATCH_BYTES:,} bytes")],
-            f"a batch of {size:,} bytes: send at most {MAX_BATCH_BYTES:,} (4 MiB)",
-            reason="BATCH_TOO_LARGE",
-        )
-    return None
-
-
-async def _next_or_reader_failure(
-    queue: asyncio.Queue[tuple[int, asyncio.Task[BatchOutcome]] | DomainError | None],
-    reader: asyncio.Task[None],
-) -> tuple[int, asyncio.Task[BatchOutcome]] | DomainError | None:
-    """The next item in flight; if the reader failed (the client's stream broke), that."""
-    getter = asyncio.ensure_future(queue.get())
-    await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-    if getter.done():
-        return getter.result()
-    getter.cancel()
-    reader.result()
-    return await queue.get()
