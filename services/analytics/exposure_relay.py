@@ -42,21 +42,16 @@ class ExposureRelay(PeriodicRelay):
     def __init__(
         self, db: Database, channel: aio.Channel, admin_token: str, interval_s: float
     ) -> None:
-        super().__init__("exposure relay", "attribution", interval_s)
-        self._db = db
+        super().__init__(
+            "exposure relay",
+            "attribution",
+            interval_s,
+            db=db,
+            pending_tenants="analytics_exposure_outbox_tenants",
+            batch=BATCH,
+        )
         self._stub = attribution_pb2_grpc.AttributionServiceStub(channel)
         self._credentials = (("authorization", f"Bearer {admin_token}"),)
-
-    async def relay(self) -> int:
-        """Sends every pending change; returns how many this relay sent."""
-        async with self._db.platform_transaction() as conn:
-            rows = await conn.fetch("SELECT tenant_id FROM analytics_exposure_outbox_tenants()")
-        sent = 0
-        for tenant_id in (r["tenant_id"] for r in rows):
-            while (batch := await self._relay_batch(tenant_id)) == BATCH:
-                sent += batch
-            sent += batch
-        return sent
 
     async def _relay_batch(self, tenant_id: uuid.UUID) -> int:
         async with self._db.tenant_transaction(tenant_id) as conn:

@@ -106,6 +106,9 @@ class LineItemFlight:
 
 
 class Campaigns:
+    """The campaign service. Methods that take `credentials` ask with the caller's own;
+    the others (exposures, which no caller stands behind) with the platform token."""
+
     def __init__(self, channel: aio.Channel, admin_token: str) -> None:
         self._stub = campaign_pb2_grpc.CampaignServiceStub(channel)
         self._credentials: Metadata = (("authorization", f"Bearer {admin_token}"),)
@@ -156,6 +159,18 @@ class Campaigns:
                     _utc(item.flight_end_time) if item.HasField("flight_end_time") else None,
                 )
         return found
+
+    async def sponsor(self, sponsor_id: uuid.UUID, credentials: Metadata) -> campaign_pb2.Sponsor:
+        """The caller's tenant's sponsor; NotFound when it has none with this id."""
+        try:
+            response = await self._stub.GetSponsor(
+                campaign_pb2.GetSponsorRequest(sponsor_id=str(sponsor_id)),
+                metadata=forwarded(credentials),
+                timeout=PEER_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise peer_error(error, "campaign", not_found=("sponsor", str(sponsor_id))) from None
+        return response.sponsor
 
     async def campaign(self, campaign_id: uuid.UUID, credentials: Metadata) -> CampaignFacts:
         try:
@@ -278,23 +293,6 @@ class Analytics:
                 yield [packed[i : i + ID_BYTES] for i in range(0, len(packed), ID_BYTES)]
         except grpc.aio.AioRpcError as error:
             raise peer_error(error, "analytics") from None
-
-
-class CampaignPeer:
-    def __init__(self, channel: aio.Channel) -> None:
-        self._stub = campaign_pb2_grpc.CampaignServiceStub(channel)
-
-    async def sponsor(self, sponsor_id: uuid.UUID, credentials: Metadata) -> campaign_pb2.Sponsor:
-        """The caller's tenant's sponsor; NotFound when it has none with this id."""
-        try:
-            response = await self._stub.GetSponsor(
-                campaign_pb2.GetSponsorRequest(sponsor_id=str(sponsor_id)),
-                metadata=forwarded(credentials),
-                timeout=PEER_TIMEOUT_S,
-            )
-        except grpc.aio.AioRpcError as error:
-            raise peer_error(error, "campaign", not_found=("sponsor", str(sponsor_id))) from None
-        return response.sponsor
 
 
 def _utc(value: Timestamp) -> datetime:

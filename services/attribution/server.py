@@ -11,7 +11,7 @@ from services.attribution.exposures import servicer as exposure_rpcs
 from services.attribution.exposures.bookings import SlotBookings
 from services.attribution.exposures.operations import Exposures, ExposureSettings
 from services.attribution.exposures.repository import ExposureStore
-from services.attribution.peers import Analytics, CampaignPeer, Campaigns
+from services.attribution.peers import Analytics, Campaigns
 from services.attribution.permissions import RULES, SERVICE
 from services.attribution.reports.cache import ReportCache
 from services.attribution.reports.conversions import Conversions
@@ -38,9 +38,10 @@ class AttributionSettings(SiteSettings):
 async def register(server: aio.Server, resources: Resources) -> None:
     settings = resources.settings
     assert isinstance(settings, AttributionSettings)
+    campaigns = Campaigns(resources.channel("campaign"), settings.admin_token.get_secret_value())
     sites = SiteEvents(
         await SiteEventStore.create(resources.db),
-        CampaignPeer(resources.channel("campaign")),
+        campaigns,
         PixelRateLimiter(resources.redis, settings.pixel_calls_per_minute),
         settings,
     )
@@ -53,7 +54,6 @@ async def register(server: aio.Server, resources: Resources) -> None:
             settings.maintenance_interval_s,
         )
     )
-    campaigns = Campaigns(resources.channel("campaign"), settings.admin_token.get_secret_value())
     exposures = Exposures(
         resources.db,
         ExposureStore(resources.db, settings.raw_retention_days),

@@ -4,7 +4,6 @@ functions of the line item, its deliveries and the moment asked about."""
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 import itertools
@@ -23,13 +22,14 @@ from services.campaign.domain import (
     PricingModel,
     round_half_even,
 )
+from services.shared.single_flight import SingleFlight
 
 ON_TRACK_LOW = 0.9
 ON_TRACK_HIGH = 1.1
 PROJECTION_DAYS = 7
 CPA_SPEND_NOTE = (
-    "CPA spend is attributed purchases x rate; the attribution service does not report "
-    "attributed purchases yet, so no spend is given"
+    "CPA spend is attributed purchases x rate, which depends on the attribution model: "
+    "the campaign's attribution report (GetCampaignReport) gives it"
 )
 
 
@@ -358,7 +358,7 @@ class PacingCache:
         self._ttl_s = ttl_s
         self._entries: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, int, PacingReport]] = {}
         self._generations: dict[uuid.UUID, int] = {}
-        self._making: dict[tuple[uuid.UUID, uuid.UUID, int], asyncio.Future[PacingReport]] = {}
+        self._flights: SingleFlight[PacingReport] = SingleFlight()
 
     def generation(self, tenant_id: uuid.UUID) -> int:
         return self._generations.get(tenant_id, 0)
@@ -395,19 +395,12 @@ class PacingCache:
         if self._ttl_s <= 0:
             return await make()
         flight = (tenant_id, key, generation)
-        running = self._making.get(flight)
-        if running is not None:
+        if self._flights.running(flight):
             try:
-                return await asyncio.shield(running)
+                return await self._flights.run(flight, make)
             except Exception:
                 return await make()
-        task = asyncio.ensure_future(make())
-        self._making[flight] = task
-        try:
-            report = await asyncio.shield(task)
-        finally:
-            if self._making.get(flight) is task:
-                del self._making[flight]
+        report = await self._flights.run(flight, make)
         self.put(tenant_id, key, generation, report)
         return report
 

@@ -116,22 +116,17 @@ class AuditRelay(PeriodicRelay):
         admin_token: str,
         interval_s: float,
     ) -> None:
-        super().__init__("audit relay", "tenant", interval_s)
-        self._db = db
+        super().__init__(
+            "audit relay",
+            "tenant",
+            interval_s,
+            db=db,
+            pending_tenants=outbox.pending_tenants,
+            batch=BATCH,
+        )
         self._outbox = outbox
         self._stub = tenant_pb2_grpc.TenantServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {admin_token}"),)
-
-    async def relay(self) -> int:
-        """Sends every pending record; returns how many this relay sent."""
-        async with self._db.platform_transaction() as conn:
-            rows = await conn.fetch(f"SELECT tenant_id FROM {self._outbox.pending_tenants}()")
-        sent = 0
-        for tenant_id in (r["tenant_id"] for r in rows):
-            while (batch := await self._relay_batch(tenant_id)) == BATCH:
-                sent += batch
-            sent += batch
-        return sent
 
     async def _relay_batch(self, tenant_id: uuid.UUID) -> int:
         async with self._db.tenant_transaction(tenant_id) as conn:

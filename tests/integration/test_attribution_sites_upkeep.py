@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from devstack.stack import Stack
-from services.attribution.peers import CampaignPeer
+from services.attribution.peers import Campaigns
 from services.attribution.sites.limits import PixelRateLimiter
 from services.attribution.sites.service import SiteEvents, SiteSettings
 from services.attribution.sites.store import SiteEventStore, partition_name
@@ -61,7 +61,7 @@ async def test_upkeep_makes_days_ahead_and_drops_days_past_retention(
         async with grpc.aio.insecure_channel(stack.service_addr("campaign")) as channel:
             sites = SiteEvents(
                 await SiteEventStore.create(db),
-                CampaignPeer(channel),
+                Campaigns(channel, stack.admin_token),
                 PixelRateLimiter(redis, 60),
                 SiteSettings(
                     ip_hash_secret=SecretStr(stack.secrets.ip_hash_secret),

@@ -19,7 +19,6 @@ serialized size of the responses, least recently used first out.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from google.protobuf.message import Message
 from prometheus_client import Counter
 
 from services.shared.db import Database
+from services.shared.single_flight import SingleFlight
 
 M = TypeVar("M", bound=Message)
 
@@ -54,7 +54,7 @@ class ReportCache(Generic[M]):
         self._ttl_s = ttl_s
         self._entries: OrderedDict[tuple[uuid.UUID, Hashable], _Entry[M]] = OrderedDict()
         self._bytes = 0
-        self._computing: dict[tuple[uuid.UUID, Hashable, int], asyncio.Future[M]] = {}
+        self._flights: SingleFlight[M] = SingleFlight()
 
     async def answer(
         self, tenant_id: uuid.UUID, key: Hashable, compute: Callable[[], Awaitable[M]]
@@ -73,23 +73,11 @@ class ReportCache(Generic[M]):
             LOOKUPS.labels("hit").inc()
             return entry.response
         flight = (tenant_id, key, version)
-        running = self._computing.get(flight)
-        if running is not None:
+        if self._flights.running(flight):
             LOOKUPS.labels("joined").inc()
-            return await asyncio.shield(running)
+            return await self._flights.run(flight, compute)
         LOOKUPS.labels("miss").inc()
-        future: asyncio.Future[M] = asyncio.get_running_loop().create_future()
-        self._computing[flight] = future
-        try:
-            response = await compute()
-        except BaseException as error:
-            future.set_exception(error)
-            # Waiters see the error; nobody else has to retrieve it.
-            future.exception()
-            raise
-        finally:
-            del self._computing[flight]
-        future.set_result(response)
+        response = await self._flights.run(flight, compute)
         self._store(slot, version, response)
         return response
 

@@ -29,6 +29,7 @@ from services.attribution.reports.versions import current_version
 from services.shared.db import Database
 from services.shared.errors import DomainError, InvalidArgument
 from services.shared.peers import Metadata
+from services.shared.single_flight import SingleFlight
 
 log = logging.getLogger("podmesh.attribution.reports")
 
@@ -104,7 +105,7 @@ class Reports:
         self._campaigns = campaigns
         self._analytics = analytics
         self._cache = cache
-        self._computing: dict[tuple[str, int, tuple[Model, ...]], asyncio.Future[Core]] = {}
+        self._flights: SingleFlight[Core] = SingleFlight()
 
     async def campaign(
         self, campaign_id: uuid.UUID, credentials: Metadata
@@ -177,21 +178,13 @@ class Reports:
             return ReportCache.core(*cached)
         # Concurrent askers of one report (a dashboard's viewers) wait for one computation.
         flight = (key, version, tuple(models))
-        running = self._computing.get(flight)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[Core] = asyncio.get_running_loop().create_future()
-        self._computing[flight] = future
-        try:
-            core = await self._compute(tenant_id, period, models, credentials)
-        except BaseException as error:
-            future.set_exception(error)
-            # Waiters see the error; nobody else has to retrieve it.
-            future.exception()
-            raise
-        finally:
-            del self._computing[flight]
-        future.set_result(core)
+        if self._flights.running(flight):
+            return await self._flights.run(
+                flight, lambda: self._compute(tenant_id, period, models, credentials)
+            )
+        core = await self._flights.run(
+            flight, lambda: self._compute(tenant_id, period, models, credentials)
+        )
         if core.lift.message is not None or not core.lift.unavailable_reason.startswith(
             _NO_CONTROL
         ):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from podmesh.attribution.v1 import attribution_pb2 as pb
 from pydantic import Field, field_validator
 
-from services.attribution.peers import CampaignPeer
+from services.attribution.peers import Campaigns
 from services.attribution.sites import origins
 from services.attribution.sites.limits import PixelRateLimiter
 from services.attribution.sites.records import PixelInfo, Request, check_batch, pixel_ids
@@ -79,7 +79,7 @@ class SiteEvents:
     def __init__(
         self,
         store: SiteEventStore,
-        campaigns: CampaignPeer,
+        campaigns: Campaigns,
         limiter: PixelRateLimiter,
         settings: SiteSettings,
     ) -> None:
