@@ -46,6 +46,7 @@ from google.protobuf import json_format
 
 from devstack.stack import GEN_DIR, ROOT, PortPlan, Stack, ensure_generated
 from tests.bench import scale
+from tests.bench.processes import cpu_seconds
 from tests.bench.wrk import BenchError, run_wrk
 
 # `make bench` runs this as a plain module: the generated code is not on the path yet.
@@ -147,12 +148,6 @@ end
 def rfc3339(time_us: int) -> str:
     moment = dt.datetime.fromtimestamp(time_us / 1_000_000, dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system time of a process so far, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- seeding ------------------------------------------------------------------------------

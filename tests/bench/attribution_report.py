@@ -31,6 +31,7 @@ import asyncpg
 
 from devstack.stack import GEN_DIR, ROOT, PortPlan, Stack, ensure_generated
 from tests.bench import scale
+from tests.bench.processes import cpu_seconds, postgres_cpu_seconds
 
 ensure_generated()
 sys.path.insert(0, str(GEN_DIR))
@@ -75,36 +76,6 @@ async def sample_rss(pid: int, samples: list[int], stop: asyncio.Event) -> None:
         samples.append(rss_kib(pid, "VmRSS"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu_seconds(data_dir: Path) -> float:
-    """CPU time so far of the stack's PostgreSQL: its postmaster's children (the
-    attribution service's pooled connections stay alive across the report)."""
-    postmasters = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(data_dir).encode() in cmdline and b"postgres" in cmdline:
-                postmasters.add(proc.name)
-    total = 0.0
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[1].split()[1] in postmasters:
-                total += cpu_seconds(int(proc.name))
-    return total
 
 
 def household(n: int) -> bytes:
@@ -235,11 +206,11 @@ async def run(stack: Stack) -> None:
         samples: list[int] = []
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_rss(process.pid, samples, stop))
-        cpu_before = cpu_seconds(process.pid) + postgres_cpu_seconds(stack.run_dir)
+        cpu_before = cpu_seconds(process.pid) + postgres_cpu_seconds(stack)
         began = time.perf_counter()
         cold = await attribution.CompareModels(request, metadata=bearer(key), timeout=600)
         cold_s = time.perf_counter() - began
-        cold_cpu = cpu_seconds(process.pid) + postgres_cpu_seconds(stack.run_dir) - cpu_before
+        cold_cpu = cpu_seconds(process.pid) + postgres_cpu_seconds(stack) - cpu_before
         stop.set()
         await sampler
         warm: list[float] = []

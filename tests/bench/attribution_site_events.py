@@ -23,6 +23,7 @@ import grpc
 
 from devstack.stack import GEN_DIR, ROOT, PortPlan, Stack, ensure_generated
 from tests.bench import scale
+from tests.bench.processes import print_cpu, process_cpu
 
 # `make bench` runs this as a plain module: the generated code is not on the path yet.
 ensure_generated()
@@ -51,6 +52,8 @@ BATCH = 5_000
 STREAMS = 2
 IN_FLIGHT = 4
 METHOD = "/podmesh.attribution.v1.AttributionService/StreamSiteEvents"
+# Where a streamed event costs, beside the database.
+METERED = ("attribution", "envoy")
 UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
 
 
@@ -222,15 +225,33 @@ async def main() -> None:
         streams = stream_bodies(pixel.pixel.id, total, start)
         await checkpoint(stack)
 
+        before = process_cpu(stack, ())
         copied, copy_seconds = await copy_baseline(stack, streams, uuid.UUID(pixel.pixel.id))
+        print_cpu(
+            "attribution_site_events_copy",
+            before,
+            process_cpu(stack, ()),
+            copied,
+            per="event",
+            unit="us",
+        )
         await checkpoint(stack)
 
         print(f"streaming over {STREAMS} streams through Envoy", flush=True)
+        before = process_cpu(stack, METERED)
         began = time.perf_counter()
         acknowledged = sum(
             await asyncio.gather(*(stream_all(gateway, key, bodies) for bodies in streams))
         )
         stream_seconds = time.perf_counter() - began
+        print_cpu(
+            "attribution_site_events",
+            before,
+            process_cpu(stack, METERED),
+            acknowledged,
+            per="event",
+            unit="us",
+        )
     if not os.environ.get("PODMESH_KEEP_RUN"):
         shutil.rmtree(run_dir, ignore_errors=True)
     stream_rate = acknowledged / stream_seconds

@@ -31,12 +31,10 @@ import shutil
 import string
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from devstack.postgres import PostgresServer
 from devstack.stack import GEN_DIR, ROOT, PortPlan, Stack, ensure_generated
 from tests.bench import scale
 
@@ -54,10 +52,10 @@ from tests.bench.analytics_queries import (  # noqa: E402
     EPISODES_EACH,
     FULL_SIZE,
     PODCASTS,
-    cpu_seconds,
     lua_script,
     seed,
 )
+from tests.bench.processes import print_cpu, process_cpu  # noqa: E402
 from tests.bench.wrk import BenchError, run_wrk  # noqa: E402
 from tests.support import bearer, create_tenant  # noqa: E402
 
@@ -262,28 +260,6 @@ def booking_script(
     )
 
 
-def process_cpu(stack: Stack) -> dict[str, float]:
-    """CPU seconds so far of the processes a booking or pacing call runs through (the
-    database: its postmaster's children)."""
-    spent = {}
-    for name in PROCESSES:
-        process = stack.process(name)
-        assert process is not None
-        spent[name] = cpu_seconds(process.pid)
-    postmaster = stack.postgres.pid if isinstance(stack.postgres, PostgresServer) else None
-    spent["postgres"] = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if parent == postmaster:
-                spent["postgres"] += cpu_seconds(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return spent
-
-
 async def measure(
     stack: Stack, name: str, script: str, path: str, seconds: int, *, warmup: bool = True
 ) -> dict[str, int]:
@@ -304,17 +280,15 @@ async def measure(
 
     if warmup:
         await wrk(WARMUP_SECONDS)
-    before = process_cpu(stack)
+    before = process_cpu(stack, PROCESSES)
     result = await wrk(seconds)
-    after = process_cpu(stack)
+    after = process_cpu(stack, PROCESSES)
     requests = result["requests"]
     print(f"{name}_p50_ms: {result['p50_us'] / 1000:.2f}")
     print(f"{name}_p95_ms: {result['p95_us'] / 1000:.2f}")
     print(f"{name}_requests: {requests}")
     print(f"{name}_per_s: {requests / (result['duration_us'] / 1_000_000):.0f}")
-    for process, spent in after.items():
-        cpu_ms = (spent - before[process]) / max(requests, 1) * 1000
-        print(f"{name}_{process}_cpu_ms_per_request: {cpu_ms:.2f}")
+    print_cpu(name, before, after, requests, per="request", unit="ms")
     return result
 
 

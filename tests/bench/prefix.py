@@ -31,9 +31,9 @@ import asyncpg
 import grpc
 import httpx
 
-from devstack.postgres import PostgresServer
 from devstack.stack import GEN_DIR, REDIRECT_FLOOR_ENV, ROOT, PortPlan, Stack, ensure_generated
 from tests.bench import scale
+from tests.bench.processes import process_cpu
 from tests.bench.wrk import BenchError, run_wrk
 
 # `make bench` runs this as a plain module: the generated code is not on the path yet.
@@ -52,6 +52,8 @@ FULL_SECONDS = 20.0
 MIN_SECONDS = 5.0
 WARMUP_SECONDS = 2
 WRK_TIMEOUT = "10s"
+# Where a prefix redirect costs: the gateway, the service that logs it, the database.
+METERED = ("envoy", "analytics")
 FLOOR_PATH = "/_bench/redirect-floor"
 # Requests sent one after another just before Envoy is killed.
 KILL_BURST = 500
@@ -96,9 +98,7 @@ async def wrk(script: Path, url: str, seconds: int) -> dict[str, int]:
     )
 
 
-async def measure(
-    stack: Stack, name: str, url: str, seconds: int, meter: CpuMeter
-) -> tuple[float, float]:
+async def measure(stack: Stack, name: str, url: str, seconds: int) -> tuple[float, float]:
     """(requests per second, p99 ms) of one route; prints the CPU each request cost
     Envoy, analytics and PostgreSQL, read after what the route sent was stored."""
     script = stack.run_dir / f"{name}.lua"
@@ -106,54 +106,12 @@ async def measure(
     await wrk(script, url, WARMUP_SECONDS)
     # The warm-up's entries reach analytics before the measurement starts.
     await asyncio.sleep(SETTLE_S)
-    before = meter.read()
+    before = process_cpu(stack, METERED)
     result = await wrk(script, url, seconds)
     await asyncio.sleep(SETTLE_S)
-    spent = cpu_per_request(before, meter.read(), result["requests"])
+    spent = cpu_per_request(before, process_cpu(stack, METERED), result["requests"])
     print(f"prefix_{name}_cpu_per_request: {spent}")
     return result["requests"] / (result["duration_us"] / 1e6), result["p99_us"] / 1000
-
-
-def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
-    """User and system time of a process so far (all threads), with its reaped
-    children's when asked."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    if reaped_children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu_seconds(postmaster: int) -> float:
-    """The PostgreSQL server's CPU: the postmaster, its reaped and its live backends."""
-    total = cpu_seconds(postmaster, reaped_children=True)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == postmaster:
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
-class CpuMeter:
-    """CPU seconds of Envoy, analytics and PostgreSQL between two readings: where a
-    route's requests cost, whatever else the shared machine runs."""
-
-    def __init__(self, stack: Stack) -> None:
-        envoy, analytics = stack.process("envoy"), stack.process("analytics")
-        assert envoy is not None
-        assert analytics is not None
-        postmaster = stack.postgres.pid if isinstance(stack.postgres, PostgresServer) else None
-        self._pids = {"envoy": envoy.pid, "analytics": analytics.pid}
-        self._postmaster = postmaster
-
-    def read(self) -> dict[str, float]:
-        spent = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
-        if self._postmaster is not None:
-            spent["postgres"] = postgres_cpu_seconds(self._postmaster)
-        return spent
 
 
 def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> str:
@@ -203,14 +161,11 @@ async def run(stack: Stack, seconds: int) -> None:
     prefix_url = f"{stack.gateway_url}/e/{prefix_id(tenant_id)}/cdn.example.com/show/ep-1.mp3"
 
     unlogged_url = f"{stack.gateway_url}{UNLOGGED_BENCH_PREFIX}cdn.example.com/show/ep-1.mp3"
-    meter = CpuMeter(stack)
-    floor_rps, floor_p99 = await measure(
-        stack, "floor", stack.gateway_url + FLOOR_PATH, seconds, meter
-    )
-    unlogged_rps, unlogged_p99 = await measure(stack, "unlogged", unlogged_url, seconds, meter)
+    floor_rps, floor_p99 = await measure(stack, "floor", stack.gateway_url + FLOOR_PATH, seconds)
+    unlogged_rps, unlogged_p99 = await measure(stack, "unlogged", unlogged_url, seconds)
     served_before = await envoy_counter(stack, "lua.prefix_redirect.errors")
     redirects_before = await envoy_counter(stack, "http.gateway.downstream_rq_3xx")
-    prefix_rps, prefix_p99 = await measure(stack, "prefix", prefix_url, seconds, meter)
+    prefix_rps, prefix_p99 = await measure(stack, "prefix", prefix_url, seconds)
     served = await envoy_counter(stack, "http.gateway.downstream_rq_3xx") - redirects_before
     if await envoy_counter(stack, "lua.prefix_redirect.errors") != served_before:
         raise BenchError("the prefix filter's Lua script failed during the run")
