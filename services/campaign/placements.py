@@ -214,11 +214,30 @@ class PlacementOps(Operations):
         check_placement_goal(request.impression_goal, "impression_goal")
         if len(request.request_id) > MAX_REQUEST_ID:
             raise InvalidArgument.field("request_id", f"at most {MAX_REQUEST_ID} characters")
+        try:
+            # One transaction from the lookup to the booking. Its statements have one
+            # best plan whatever the ids (index probes under the campaign's lock), which
+            # PostgreSQL would otherwise make anew for the checks of every booking.
+            async with self._db.tenant_transaction(tenant_id, generic_plans=True) as conn:
+                return await self._look_up_and_book(conn, tenant_id, request, credentials)
+        except asyncpg.ExclusionViolationError as error:
+            raise _exclusion_refusal(error) from None
+        except asyncpg.UniqueViolationError:
+            # A concurrent send of the same request_id won.
+            async with self._db.tenant_transaction(tenant_id) as conn:
+                earlier = await repo.placement_by_request_id(conn, request.request_id)
+            if earlier is None:
+                raise
+            return _same_booking(earlier, request)
+
+    async def _look_up_and_book(
+        self, conn: Any, tenant_id: uuid.UUID, request: BookingRequest, credentials: Metadata
+    ) -> Placement:
         if request.placement_id is None and request.episode_id is not None:
             # The episode does not depend on what the campaign database holds: the catalog
             # is asked while the line item is read, not after.
             found, fetched = await asyncio.gather(
-                self._booking_lookup(tenant_id, request),
+                _booking_lookup(conn, request),
                 self._catalog.episode(request.episode_id, credentials, with_podcast=False),
                 return_exceptions=True,
             )
@@ -234,7 +253,7 @@ class PlacementOps(Operations):
             if _needs_podcast(item):
                 episode = await self._catalog.with_podcast(episode, credentials)
         else:
-            earlier, item, proposed = await self._booking_lookup(tenant_id, request)
+            earlier, item, proposed = await _booking_lookup(conn, request)
             if earlier is not None:
                 return _same_booking(earlier, request)
             assert item is not None
@@ -253,46 +272,9 @@ class PlacementOps(Operations):
         candidates = _candidate_slots(episode, slot_id, position)
         _check_episode(item, episode, candidates[0].position)
         goal = request.impression_goal or (proposed.impression_goal if proposed else 0)
-        try:
-            async with self._db.tenant_transaction(tenant_id) as conn:
-                booked = await self._book(
-                    conn, tenant_id, request, item.campaign_id, episode, candidates, goal, proposed
-                )
-        except asyncpg.ExclusionViolationError as error:
-            raise _exclusion_refusal(error) from None
-        except asyncpg.UniqueViolationError:
-            # A concurrent send of the same request_id won.
-            async with self._db.tenant_transaction(tenant_id) as conn:
-                earlier = await repo.placement_by_request_id(conn, request.request_id)
-            if earlier is None:
-                raise
-            return _same_booking(earlier, request)
-        return booked
-
-    async def _booking_lookup(
-        self, tenant_id: uuid.UUID, request: BookingRequest
-    ) -> tuple[Placement | None, LineItem | None, Placement | None]:
-        """The placement an earlier send of this request booked, or else the line item
-        and the proposal to book: one transaction."""
-        async with self._db.tenant_transaction(tenant_id) as conn:
-            found = await repo.booking_lookup(conn, request.line_item_id, request.request_id)
-            if found.earlier is not None:
-                return found.earlier, None, None
-            if found.item is None:
-                raise NotFound("line item", str(request.line_item_id))
-            item = found.item
-            if request.placement_id is None:
-                return None, item, None
-            proposed = await _placement_or_fail(conn, request.placement_id)
-        if proposed.line_item_id != item.id:
-            raise InvalidArgument.field("placement_id", "is a placement of another line item")
-        if proposed.state is not PlacementState.PROPOSED:
-            raise FailedPrecondition(
-                f"the placement is {state_name(proposed.state)}, not proposed",
-                reason="PLACEMENT_NOT_PROPOSED",
-                metadata={"current_state": state_name(proposed.state)},
-            )
-        return None, item, proposed
+        return await self._book(
+            conn, tenant_id, request, item.campaign_id, episode, candidates, goal, proposed
+        )
 
     async def _book(
         self,
@@ -404,6 +386,31 @@ class PlacementOps(Operations):
             },
         )
         return booked
+
+
+async def _booking_lookup(
+    conn: Any, request: BookingRequest
+) -> tuple[Placement | None, LineItem | None, Placement | None]:
+    """The placement an earlier send of this request booked, or else the line item and
+    the proposal to book."""
+    found = await repo.booking_lookup(conn, request.line_item_id, request.request_id)
+    if found.earlier is not None:
+        return found.earlier, None, None
+    if found.item is None:
+        raise NotFound("line item", str(request.line_item_id))
+    item = found.item
+    if request.placement_id is None:
+        return None, item, None
+    proposed = await _placement_or_fail(conn, request.placement_id)
+    if proposed.line_item_id != item.id:
+        raise InvalidArgument.field("placement_id", "is a placement of another line item")
+    if proposed.state is not PlacementState.PROPOSED:
+        raise FailedPrecondition(
+            f"the placement is {state_name(proposed.state)}, not proposed",
+            reason="PLACEMENT_NOT_PROPOSED",
+            metadata={"current_state": state_name(proposed.state)},
+        )
+    return None, item, proposed
 
 
 async def _placement_or_fail(conn: Any, placement_id: uuid.UUID) -> Placement:

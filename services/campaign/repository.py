@@ -35,6 +35,11 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 # Where every campaign change's audit record is written (services.shared.audit_outbox).
 AUDIT = Outbox("campaign")
 _RUNNING = [int(PlacementState.BOOKED), int(PlacementState.LIVE), int(PlacementState.COMPLETED)]
+# The same states written into a booking's probes as the predicate of their partial
+# indexes (0056): a plan can use a partial index only when the statement itself states
+# its predicate (a parameter proves nothing in a plan made for any value).
+_RUNNING_PROBE = f"p.state BETWEEN {min(_RUNNING)} AND {max(_RUNNING)}"
+assert sorted(_RUNNING) == list(range(min(_RUNNING), max(_RUNNING) + 1))
 
 
 def _ids(values: Sequence[uuid.UUID]) -> list[str]:
@@ -576,7 +581,9 @@ async def get_placement(
 
 
 async def placement_by_request_id(conn: Conn, request_id: str) -> Placement | None:
-    row = await conn.fetchrow("SELECT * FROM placements WHERE request_id = $1", request_id)
+    row = await conn.fetchrow(
+        "SELECT * FROM placements WHERE request_id = $1 AND request_id <> ''", request_id
+    )
     return _placement(row) if row else None
 
 
@@ -674,12 +681,11 @@ _COMMITMENT_TERMS = """
 """
 
 
-def _terms(rows: Sequence[Mapping[str, Any]]) -> dict[uuid.UUID, CommitmentTerms]:
+def _terms(rows: Sequence[Sequence[Any]]) -> dict[uuid.UUID, CommitmentTerms]:
+    """Rows of _COMMITMENT_TERMS' columns, in its order."""
     return {
-        uuid.UUID(str(r["line_item_id"])): CommitmentTerms(
-            PricingModel(r["pricing_model"]), r["rate_minor"], int(r["goal"]), r["n"] > 0
-        )
-        for r in rows
+        item_id: CommitmentTerms(PricingModel(model), rate, goal, n > 0)
+        for item_id, model, rate, goal, n in rows
     }
 
 
@@ -697,19 +703,19 @@ class BookingLookup:
     item: LineItem | None
 
 
+# $1 line item, $2 request id.
+BOOKING_LOOKUP = """
+    SELECT e AS earlier, l AS item, c.currency_code
+    FROM (SELECT) one
+    LEFT JOIN placements e ON e.request_id = $2 AND e.request_id <> ''
+    LEFT JOIN line_items l ON l.line_item_id = $1
+    LEFT JOIN campaigns c ON c.tenant_id = l.tenant_id AND c.campaign_id = l.campaign_id
+"""
+
+
 async def booking_lookup(conn: Conn, line_item_id: uuid.UUID, request_id: str) -> BookingLookup:
     """One statement: the placement booked by `request_id` (if any) and the line item."""
-    row = await conn.fetchrow(
-        """
-        SELECT e AS earlier, l AS item, c.currency_code
-        FROM (SELECT) one
-        LEFT JOIN placements e ON $2 <> '' AND e.request_id = $2
-        LEFT JOIN line_items l ON l.line_item_id = $1
-        LEFT JOIN campaigns c ON c.tenant_id = l.tenant_id AND c.campaign_id = l.campaign_id
-        """,
-        line_item_id,
-        request_id,
-    )
+    row = await conn.fetchrow(BOOKING_LOOKUP, line_item_id, request_id)
     assert row is not None
     item = row["item"]
     return BookingLookup(
@@ -764,6 +770,32 @@ class BookingChecks:
     terms: dict[uuid.UUID, CommitmentTerms]
 
 
+# $1 campaign, $2 request id, $3 candidate slots in order, $4 episode, $5 competitive
+# category, $6 and $7 the flight, $8 sponsor.
+BOOKING_CHECKS = f"""
+    SELECT
+        (SELECT e FROM placements e WHERE e.request_id = $2 AND e.request_id <> '')
+            AS earlier,
+        -- A lateral probe per candidate into placements_slot_running (0056),
+        -- whatever the planner believes of the table's size.
+        (SELECT u.slot FROM unnest($3::uuid[]) WITH ORDINALITY AS u(slot, n)
+         LEFT JOIN LATERAL (
+             SELECT true AS taken FROM placements p
+             WHERE p.ad_slot_id = u.slot AND {_RUNNING_PROBE}
+               AND p.flight && tstzrange($6, $7)
+             LIMIT 1) t ON true
+         WHERE t.taken IS NULL
+         ORDER BY u.n LIMIT 1) AS free_slot,
+        lower(btrim($5)) <> '' AND EXISTS (
+            SELECT FROM placements p
+            WHERE p.episode_id = $4 AND p.competitive_key = lower(btrim($5))
+              AND p.competitive_key <> '' AND p.sponsor_id <> $8
+              AND {_RUNNING_PROBE}
+              AND p.flight && tstzrange($6, $7)) AS competitor,
+        ARRAY(SELECT row(t.*) FROM ({_COMMITMENT_TERMS}) t) AS terms
+"""
+
+
 async def booking_checks(
     conn: Conn,
     *,
@@ -776,24 +808,8 @@ async def booking_checks(
     end: datetime,
 ) -> BookingChecks:
     row = await conn.fetchrow(
-        f"""
-        SELECT
-            (SELECT e FROM placements e WHERE $3 <> '' AND e.request_id = $3) AS earlier,
-            (SELECT u.slot FROM unnest($4::uuid[]) WITH ORDINALITY AS u(slot, n)
-             WHERE NOT EXISTS (
-                 SELECT FROM placements p
-                 WHERE p.ad_slot_id = u.slot AND p.state = ANY($2::int[])
-                   AND p.flight && tstzrange($7, $8))
-             ORDER BY u.n LIMIT 1) AS free_slot,
-            lower(btrim($6)) <> '' AND EXISTS (
-                SELECT FROM placements p
-                WHERE p.episode_id = $5 AND p.competitive_key = lower(btrim($6))
-                  AND p.sponsor_id <> $9 AND p.state = ANY($2::int[])
-                  AND p.flight && tstzrange($7, $8)) AS competitor,
-            (SELECT coalesce(json_agg(t), '[]') FROM ({_COMMITMENT_TERMS}) t) AS terms
-        """,
+        BOOKING_CHECKS,
         campaign_id,
-        _RUNNING,
         request_id,
         list(slots),
         episode_id,
@@ -807,7 +823,7 @@ async def booking_checks(
         earlier=_placement(row["earlier"]) if row["earlier"] is not None else None,
         free_slot=row["free_slot"],
         competitor=row["competitor"],
-        terms=_terms(json.loads(row["terms"])),
+        terms=_terms(row["terms"]),
     )
 
 
