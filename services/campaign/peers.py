@@ -4,8 +4,9 @@ and forecasts. The peers apply their own permissions and row-level security."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -15,9 +16,16 @@ from podmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from podmesh.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 
 from services.campaign.domain import AdPosition, EpisodeFacts, Slot
+from services.shared.auth import Permission
+from services.shared.change_epochs import ChangeEpochs
+from services.shared.context import principal_var
 from services.shared.peers import Metadata, forwarded, peer_error
 
 PEER_TIMEOUT_S = 5.0
+# How long a remembered catalog answer may be used at most: the bound on how old one can
+# be when a change's counter bump was lost (Redis unreachable from the catalog then).
+FACTS_MAX_AGE_S = 60.0
+MAX_REMEMBERED = 20_000
 # Counting a large campaign's deliveries reads a day per placement per day of flight.
 DELIVERIES_TIMEOUT_S = 15.0
 _PODCAST_PAGE = 200
@@ -51,15 +59,102 @@ def _podcast(p: catalog_pb2.Podcast) -> PodcastSummary:
     )
 
 
+@dataclass(frozen=True)
+class _PodcastFacts:
+    explicit: bool
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    epoch: int
+    at: float
+    facts: EpisodeFacts | _PodcastFacts
+
+
 class Catalog:
-    def __init__(self, channel: aio.Channel) -> None:
+    """The catalog's answers a booking needs, remembered per tenant while the catalog's
+    change counter (services.shared.change_epochs) reads the same and for at most
+    `max_age_s`: a booking then costs no catalog call, and reads what a call would
+    have answered. Only answers to a principal that may read the catalog are kept, so
+    a remembered one is never shown to a caller the catalog would refuse."""
+
+    def __init__(
+        self,
+        channel: aio.Channel,
+        epochs: ChangeEpochs | None = None,
+        *,
+        max_age_s: float = FACTS_MAX_AGE_S,
+    ) -> None:
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        self._epochs = epochs
+        self._max_age_s = max_age_s
+        self._memory: dict[tuple[uuid.UUID, str, uuid.UUID], _Remembered] = {}
 
     async def episode(
         self, episode_id: uuid.UUID, credentials: Metadata, *, with_podcast: bool = True
     ) -> EpisodeFacts:
         """The episode and its slots; its podcast's categories and explicit flag only
         `with_podcast` (targeting that needs them), which costs a second call."""
+        scope = await self._scope()
+        facts = await self._remembered(scope, "episode", episode_id, self._episode, credentials)
+        assert isinstance(facts, EpisodeFacts)
+        return await self._with_podcast(scope, facts, credentials) if with_podcast else facts
+
+    async def with_podcast(self, episode: EpisodeFacts, credentials: Metadata) -> EpisodeFacts:
+        """The episode's facts with its podcast's categories and explicit flag."""
+        return await self._with_podcast(await self._scope(), episode, credentials)
+
+    async def _with_podcast(
+        self, scope: tuple[uuid.UUID, int] | None, episode: EpisodeFacts, credentials: Metadata
+    ) -> EpisodeFacts:
+        podcast = await self._remembered(
+            scope, "podcast", episode.podcast_id, self._podcast, credentials
+        )
+        assert isinstance(podcast, _PodcastFacts)
+        return replace(
+            episode, podcast_explicit=podcast.explicit, podcast_categories=podcast.categories
+        )
+
+    async def _scope(self) -> tuple[uuid.UUID, int] | None:
+        """The caller's tenant and its catalog counter now; None when nothing may be
+        remembered or used (no counters, a caller who may not read the catalog, Redis
+        not answering)."""
+        principal = principal_var.get()
+        if (
+            self._epochs is None
+            or principal is None
+            or principal.tenant_id is None
+            or not principal.can(Permission.CATALOG_READ)
+        ):
+            return None
+        epoch = await self._epochs.read(principal.tenant_id)
+        return None if epoch is None else (principal.tenant_id, epoch)
+
+    async def _remembered(
+        self,
+        scope: tuple[uuid.UUID, int] | None,
+        kind: str,
+        key: uuid.UUID,
+        ask: Callable[[uuid.UUID, Metadata], Awaitable[EpisodeFacts | _PodcastFacts]],
+        credentials: Metadata,
+    ) -> EpisodeFacts | _PodcastFacts:
+        if scope is None:
+            return await ask(key, credentials)
+        tenant_id, epoch = scope
+        now = time.monotonic()
+        found = self._memory.get((tenant_id, kind, key))
+        if found is not None and found.epoch == epoch and now - found.at < self._max_age_s:
+            return found.facts
+        # The counter was read before asking: a change committed meanwhile moves it on,
+        # so this answer is not used once the change is visible.
+        facts = await ask(key, credentials)
+        if len(self._memory) >= MAX_REMEMBERED:
+            self._memory.clear()
+        self._memory[(tenant_id, kind, key)] = _Remembered(epoch, now, facts)
+        return facts
+
+    async def _episode(self, episode_id: uuid.UUID, credentials: Metadata) -> EpisodeFacts:
         try:
             episode = (
                 await self._stub.GetEpisode(
@@ -70,7 +165,7 @@ class Catalog:
             ).episode
         except grpc.aio.AioRpcError as error:
             raise peer_error(error, "catalog", not_found=("episode", str(episode_id))) from None
-        facts = EpisodeFacts(
+        return EpisodeFacts(
             id=uuid.UUID(episode.id),
             podcast_id=uuid.UUID(episode.podcast_id),
             publish_at=_instant(episode.publish_time) if episode.HasField("publish_time") else None,
@@ -87,25 +182,19 @@ class Catalog:
                 for s in episode.ad_slots
             ),
         )
-        return await self.with_podcast(facts, credentials) if with_podcast else facts
 
-    async def with_podcast(self, episode: EpisodeFacts, credentials: Metadata) -> EpisodeFacts:
-        """The episode's facts with its podcast's categories and explicit flag."""
+    async def _podcast(self, podcast_id: uuid.UUID, credentials: Metadata) -> _PodcastFacts:
         try:
             podcast = (
                 await self._stub.GetPodcast(
-                    catalog_pb2.GetPodcastRequest(podcast_id=str(episode.podcast_id)),
+                    catalog_pb2.GetPodcastRequest(podcast_id=str(podcast_id)),
                     metadata=forwarded(credentials),
                     timeout=PEER_TIMEOUT_S,
                 )
             ).podcast
         except grpc.aio.AioRpcError as error:
-            raise peer_error(
-                error, "catalog", not_found=("podcast", str(episode.podcast_id))
-            ) from None
-        return replace(
-            episode, podcast_explicit=podcast.explicit, podcast_categories=tuple(podcast.categories)
-        )
+            raise peer_error(error, "catalog", not_found=("podcast", str(podcast_id))) from None
+        return _PodcastFacts(explicit=podcast.explicit, categories=tuple(podcast.categories))
 
     async def podcasts(self, credentials: Metadata) -> list[PodcastSummary]:
         """The tenant's podcasts, by title (at most 2,000)."""

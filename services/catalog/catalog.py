@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ from services.catalog.text import (
 )
 from services.catalog.urls import is_http_url, try_normalize_media_url
 from services.shared import audit_outbox
+from services.shared.change_epochs import ChangeEpochs
 from services.shared.db import Database
 from services.shared.errors import (
     DomainError,
@@ -115,8 +117,10 @@ class Catalog:
         settings: CatalogSettings,
         offloader: Offloader,
         quota: PodcastQuota,
+        epochs: ChangeEpochs,
     ) -> None:
         self._db = db
+        self._epochs = epochs
         self._quota = quota
         self._tokens = page_tokens
         self._fetcher = fetcher
@@ -126,6 +130,14 @@ class Catalog:
             per_tenant=settings.imports_per_tenant, total=settings.imports_max_concurrent
         )
 
+    @asynccontextmanager
+    async def _change(self, tenant_id: uuid.UUID) -> AsyncIterator[repo.Conn]:
+        """A transaction that changes the tenant's catalog; once it committed, services
+        that keep catalog answers (campaign bookings) learn that theirs are old."""
+        async with self._db.tenant_transaction(tenant_id) as conn:
+            yield conn
+        await self._epochs.bump(tenant_id)
+
     # Podcasts
 
     async def create_podcast(
@@ -134,7 +146,7 @@ class Catalog:
         podcast = validate_podcast(replace(podcast, id=uuid.uuid4()))
         terms = text_terms(podcast.title, podcast.description)
         limit = await self._quota.max_podcasts(tenant_id, credentials)
-        async with self._db.tenant_transaction(tenant_id) as conn:
+        async with self._change(tenant_id) as conn:
             await _admit_podcast(conn, tenant_id, limit)
             await repo.insert_podcast(conn, tenant_id, podcast, terms)
             await repo.apply_term_delta(conn, tenant_id, podcast.id, terms)
@@ -166,7 +178,7 @@ class Catalog:
         self, tenant_id: uuid.UUID, patch: Podcast, paths: Sequence[str]
     ) -> Podcast:
         requested = mask_paths(paths, PODCAST_UPDATABLE)
-        async with self._db.tenant_transaction(tenant_id) as conn:
+        async with self._change(tenant_id) as conn:
             current = await repo.get_podcast(conn, patch.id, for_update=True)
             if current is None:
                 raise NotFound("podcast", str(patch.id))
@@ -184,7 +196,7 @@ class Catalog:
     async def delete_podcast(
         self, tenant_id: uuid.UUID, podcast_id: uuid.UUID, force: bool
     ) -> None:
-        async with self._db.tenant_transaction(tenant_id) as conn:
+        async with self._change(tenant_id) as conn:
             if await repo.get_podcast(conn, podcast_id, for_update=True) is None:
                 raise NotFound("podcast", str(podcast_id))
             episodes = await repo.count_episodes(conn, podcast_id)
@@ -217,7 +229,7 @@ class Catalog:
             episode = replace(episode, transcript=await self._transcript(episode.transcript_url))
         words = text_terms(episode.title, episode.description)
         spoken = transcript_terms(episode.transcript or "")
-        async with self._db.tenant_transaction(tenant_id) as conn:
+        async with self._change(tenant_id) as conn:
             await _lock_podcast(conn, podcast_id)
             created = await repo.insert_episode(conn, tenant_id, episode, words, spoken)
             await repo.apply_term_delta(conn, tenant_id, podcast_id, words + spoken)
@@ -287,7 +299,7 @@ class Catalog:
             text = await self._transcript(patch.transcript_url) if patch.transcript_url else ""
             patch = replace(patch, transcript=text)
             requested.add("transcript")
-        async with self._db.tenant_transaction(tenant_id) as conn:
+        async with self._change(tenant_id) as conn:
             found = await repo.get_episode(conn, patch.id)
             if found is None:
                 raise NotFound("episode", str(patch.id))
@@ -313,7 +325,7 @@ class Catalog:
         return saved
 
     async def delete_episode(self, tenant_id: uuid.UUID, episode_id: uuid.UUID) -> None:
-        async with self._db.tenant_transaction(tenant_id) as conn:
+        async with self._change(tenant_id) as conn:
             found = await repo.get_episode(conn, episode_id)
             if found is None:
                 raise NotFound("episode", str(episode_id))
@@ -453,7 +465,7 @@ class Catalog:
         # Asked before the transaction, which holds the tenant's import lock: only an
         # import not naming its podcast can create one.
         limit = await self._quota.max_podcasts(tenant_id, credentials) if podcast_id is None else 0
-        async with self._db.tenant_transaction(tenant_id) as conn:
+        async with self._change(tenant_id) as conn:
             # Imports of one tenant take turns (here and in other catalog
             # processes): two imports of one new feed must not both create its podcast.
             await conn.execute(
@@ -638,7 +650,7 @@ class Catalog:
         texts: Mapping[uuid.UUID, tuple[str, str]],
     ) -> None:
         delta: Counter[str] = Counter()
-        async with self._db.tenant_transaction(tenant_id) as conn:
+        async with self._change(tenant_id) as conn:
             await _lock_podcast(conn, podcast_id)
             for episode_id, (url, text) in texts.items():
                 spoken = transcript_terms(text)

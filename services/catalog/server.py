@@ -15,6 +15,7 @@ from services.catalog.permissions import RULES, SERVICE, inputs
 from services.catalog.repository import AUDIT
 from services.catalog.servicer import CatalogServicer
 from services.shared.audit_outbox import start_relay
+from services.shared.change_epochs import CATALOG, ChangeEpochs
 from services.shared.server import Resources, ServiceDefinition
 
 
@@ -28,7 +29,15 @@ async def register(server: aio.Server, resources: Resources) -> None:
     )
     offloader = Offloader(settings.feed_offload, settings.imports_max_concurrent)
     quota = TenantQuotas(resources.channel("tenant"), settings.tenant_quota_ttl_s)
-    catalog = Catalog(resources.db, resources.page_tokens, fetcher, settings, offloader, quota)
+    catalog = Catalog(
+        resources.db,
+        resources.page_tokens,
+        fetcher,
+        settings,
+        offloader,
+        quota,
+        ChangeEpochs(resources.redis, CATALOG),
+    )
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(catalog), server)
     start_relay(resources, AUDIT, settings.audit_relay_interval_s)
 
