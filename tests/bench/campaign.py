@@ -72,7 +72,9 @@ BOOKING_SECONDS = 5
 BOOKINGS_PER_S_PREPARED = 1_500
 WRK_TIMEOUT = "30s"
 UNCACHED = {"PODMESH_PACING_CACHE_TTL_S": "0"}
-PROCESSES = ("campaign", "catalog", "analytics", "envoy")
+# The audit relay carries every booking's record to the tenant service: its CPU is the
+# booking's too.
+PROCESSES = ("campaign", "catalog", "analytics", "tenant", "envoy")
 
 # Per wrk thread: its share of the bookings (every THREADS-th from its first), and the
 # count of answers with another status than expected and of threads that ran out.
