@@ -21,12 +21,11 @@ import time
 import uuid
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+
+from services.shared.redis_outages import REDIS_ERRORS, RedisOutage
 
 log = logging.getLogger("podmesh.change_epochs")
 
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-RETRY_AFTER_FAILURE_S = 5.0
 # The catalog's podcasts and episodes (bumped by the catalog service).
 CATALOG = "catalog"
 # Counters outlive any reader's memory of them by far, and vanish with an idle tenant.
@@ -61,8 +60,12 @@ class ChangeEpochs:
         self._name = name
         self._recheck_s = recheck_s
         self._read: dict[uuid.UUID, tuple[float, int]] = {}
-        self._skip_until = 0.0
-        self._down = False
+        self._outage = RedisOutage(
+            log,
+            "change counters unavailable: Redis does not answer",
+            "change counters answer again",
+            {"epochs": name},
+        )
 
     async def read(self, tenant_id: uuid.UUID) -> int | None:
         """The tenant's counter (as of at most `recheck_s` ago); None while Redis cannot
@@ -85,25 +88,16 @@ class ChangeEpochs:
         await self._call(tenant_id, bump=True)
 
     async def _call(self, tenant_id: uuid.UUID, *, bump: bool) -> int | None:
-        now = time.monotonic()
-        # A failed bump is never skipped: it is the owner's one chance to tell readers.
-        if not bump and now < self._skip_until:
+        # A bump is tried even during an outage: it is the owner's one chance to tell.
+        if not bump and self._outage.waiting():
             return None
         try:
             value = await self._script(
                 keys=[f"epoch:{self._name}:{tenant_id}"],
                 args=[secrets.randbits(_START_BITS), "1" if bump else "0", KEY_TTL_S],
             )
-        except _REDIS_ERRORS as error:
-            self._skip_until = now + RETRY_AFTER_FAILURE_S
-            if not self._down:
-                self._down = True
-                log.warning(
-                    "change counters unavailable: Redis does not answer",
-                    extra={"fields": {"epochs": self._name, "bump": bump, "error": repr(error)}},
-                )
+        except REDIS_ERRORS as error:
+            self._outage.failed(error)
             return None
-        if self._down:
-            self._down = False
-            log.warning("change counters answer again", extra={"fields": {"epochs": self._name}})
+        self._outage.answered()
         return int(value)

@@ -2,24 +2,19 @@
 key, pixel calls per pixel and household).
 
 The bucket's state and clock are Redis's (one Lua script per take), so clients' clocks
-never matter and every replica shares one bucket. After a failure Redis is not asked
-again for a few seconds, so a dead Redis costs one timeout, not one per call; an
-outage is logged when it starts and when it ends, not per call. What a limit does while
-Redis is unreachable is its caller's choice.
+never matter and every replica shares one bucket. Outages as services.shared.redis_outages
+says; what a limit does while Redis is unreachable is its caller's choice.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+
+from services.shared.redis_outages import REDIS_ERRORS, RedisOutage
 
 log = logging.getLogger("podmesh.ratelimit")
-
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-RETRY_AFTER_FAILURE_S = 5.0
 
 # KEYS[1] the bucket; ARGV: tokens per second, burst. Returns 0 when a token was taken,
 # else the milliseconds until one is there.
@@ -50,29 +45,22 @@ class TokenBuckets:
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         self._take = redis.register_script(_TAKE)
         self._prefix = prefix
-        self._skip_until = 0.0
-        self._down = False
+        self._outage = RedisOutage(
+            log,
+            "rate limit not checked: Redis unavailable",
+            "rate limit checked again: Redis answers",
+            {"limit": prefix},
+        )
 
     async def take(self, subject: str, per_second: float, burst: float) -> float | None:
         """Takes one token from `subject`'s bucket: 0.0 when it had one, else the
         seconds until it will; None while Redis cannot be asked."""
-        now = time.monotonic()
-        if now < self._skip_until:
+        if self._outage.waiting():
             return None
         try:
             wait_ms = await self._take(keys=[f"{self._prefix}:{subject}"], args=[per_second, burst])
-        except _REDIS_ERRORS as error:
-            self._skip_until = now + RETRY_AFTER_FAILURE_S
-            if not self._down:
-                self._down = True
-                log.warning(
-                    "rate limit not checked: Redis unavailable",
-                    extra={"fields": {"limit": self._prefix, "error": repr(error)}},
-                )
+        except REDIS_ERRORS as error:
+            self._outage.failed(error)
             return None
-        if self._down:
-            self._down = False
-            log.warning(
-                "rate limit checked again: Redis answers", extra={"fields": {"limit": self._prefix}}
-            )
+        self._outage.answered()
         return int(wait_ms) / 1000

@@ -8,11 +8,13 @@ from typing import TypeAlias
 import grpc
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from podmesh.campaign.v1 import campaign_pb2_grpc
 from podmesh.catalog.v1 import catalog_pb2_grpc
 from podmesh.tenant.v1 import tenant_pb2_grpc
 
 from devstack.stack import Stack
+from services.shared.server import create_redis
 from tests.catalog.support import FeedServer
 
 CatalogStub: TypeAlias = "catalog_pb2_grpc.CatalogServiceAsyncStub"
@@ -47,6 +49,16 @@ async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     """JSON over HTTP/1.1 through Envoy, as a browser would call it."""
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture
+async def redis(stack: Stack) -> AsyncIterator[aioredis.Redis]:
+    """The stack's Redis, with the client settings the services use."""
+    client = create_redis(stack.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -33,15 +33,6 @@ TenantStub: TypeAlias = "tenant_pb2_grpc.TenantServiceAsyncStub"
 
 
 @pytest.fixture
-async def redis(stack: Stack) -> AsyncIterator[aioredis.Redis]:
-    client = create_redis(stack.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 async def channel(stack: Stack) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(stack.service_addr("catalog")) as opened:
         yield opened
@@ -128,18 +119,24 @@ async def test_a_change_through_the_catalog_is_seen_by_the_next_read(
         await catalog.episode(episode_id, bearer(tenant.owner_key), with_podcast=False)
 
 
+async def asks_each_time(
+    stack: Stack, tenant: TenantHandle, episode: kpb.Episode, catalog: Catalog
+) -> None:
+    """A change behind the catalog's back shows in the next read: nothing was kept."""
+    episode_id = uuid.UUID(episode.id)
+    first = await catalog.episode(episode_id, bearer(tenant.owner_key), with_podcast=False)
+    assert first.publish_at is not None
+    await unpublish_behind_the_catalogs_back(stack, tenant, episode.id)
+    again = await catalog.episode(episode_id, bearer(tenant.owner_key), with_podcast=False)
+    assert again.publish_at is None
+
+
 async def test_nothing_is_remembered_for_a_caller_who_may_not_read_the_catalog(
     stack: Stack, tenants: TenantStub, channel: grpc.aio.Channel, redis: aioredis.Redis
 ) -> None:
     tenant, episode = await episode_of(stack, tenants, channel)
     acting_as(tenant, Scope.INGEST)
-    catalog = Catalog(channel, ChangeEpochs(redis, CATALOG))
-    episode_id = uuid.UUID(episode.id)
-    first = await catalog.episode(episode_id, bearer(tenant.owner_key), with_podcast=False)
-    await unpublish_behind_the_catalogs_back(stack, tenant, episode.id)
-    assert first.publish_at is not None
-    again = await catalog.episode(episode_id, bearer(tenant.owner_key), with_podcast=False)
-    assert again.publish_at is None
+    await asks_each_time(stack, tenant, episode, Catalog(channel, ChangeEpochs(redis, CATALOG)))
 
 
 async def test_nothing_is_remembered_while_redis_is_unreachable(
@@ -149,12 +146,6 @@ async def test_nothing_is_remembered_while_redis_is_unreachable(
     acting_as(tenant, Scope.WRITE)
     dead = create_redis("redis://127.0.0.1:9/0")
     try:
-        catalog = Catalog(channel, ChangeEpochs(dead, CATALOG))
-        episode_id = uuid.UUID(episode.id)
-        first = await catalog.episode(episode_id, bearer(tenant.owner_key), with_podcast=False)
-        await unpublish_behind_the_catalogs_back(stack, tenant, episode.id)
-        assert first.publish_at is not None
-        again = await catalog.episode(episode_id, bearer(tenant.owner_key), with_podcast=False)
-        assert again.publish_at is None
+        await asks_each_time(stack, tenant, episode, Catalog(channel, ChangeEpochs(dead, CATALOG)))
     finally:
         await dead.aclose()

@@ -5,23 +5,11 @@ of the counter lasts `recheck_s`, and an unreachable Redis answers None."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 import redis.asyncio as aioredis
 
-from devstack.stack import Stack
 from services.shared.change_epochs import ChangeEpochs
 from services.shared.server import create_redis
-
-
-@pytest.fixture
-async def redis(stack: Stack) -> AsyncIterator[aioredis.Redis]:
-    client = create_redis(stack.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_a_bump_moves_the_counter_of_its_tenant_only(redis: aioredis.Redis) -> None:
