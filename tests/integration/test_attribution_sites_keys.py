@@ -80,3 +80,41 @@ async def test_keys_outlive_every_row_of_their_batch_and_go_with_the_last(
         assert await _stored(owner_conn, tenant_id) == (set(), set())
     finally:
         await db.close()
+
+
+ODD_IDS = [
+    'quote"d',
+    "back\\slash",
+    "\\u0041 is not A",
+    "tab\tnew\nline\r\x01\x1f\x7f",
+    "emoji 🎧 and 中文",
+    "\u2028\u2029",
+    '["not", "an array"]',
+    "i" * 128,
+]
+
+
+async def test_any_event_or_order_id_is_its_own_key(
+    stack: Stack, owner_conn: asyncpg.Connection
+) -> None:
+    moment = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    tenant_id = uuid.uuid4()
+    db = await Database.connect(stack.app_dsn, min_size=1, max_size=2)
+    try:
+        store = await SiteEventStore.create(db)
+        batch = [_row(tenant_id, event_id, moment, order_id=event_id) for event_id in ODD_IDS]
+        assert await store.commit(tenant_id, batch) == len(ODD_IDS)
+        assert await store.commit(tenant_id, batch) == 0
+        # The same orders under new event ids are refused; new ids and orders are not.
+        again = [_row(tenant_id, f"new {i}", moment, order_id=o) for i, o in enumerate(ODD_IDS)]
+        assert await store.commit(tenant_id, again) == 0
+        assert await store.commit(tenant_id, [_row(tenant_id, "new", moment, "o")]) == 1
+    finally:
+        await db.close()
+    keys = await owner_conn.fetch(
+        "SELECT kind, key FROM attribution_keys WHERE tenant_id = $1", tenant_id
+    )
+    event_ids = [*ODD_IDS, *(f"new {i}" for i in range(len(ODD_IDS))), "new"]
+    assert sorted((k["kind"], k["key"]) for k in keys) == sorted(
+        [(1, i) for i in event_ids] + [(2, f"{SPONSOR}/{o}") for o in [*ODD_IDS, "o"]]
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import operator
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,10 +59,12 @@ class EventFilter:
 # Sorted, so concurrent batches sharing keys (resends) take their locks in one order.
 # A site event's key carries the latest event time of its batch: it goes with that day's
 # partition, so never before its own event's row (kind 3 keys carry their own time).
+# The keys come as one JSON array: asyncpg checks every element of a text[] parameter
+# for being a nested array, through Python-level isinstance checks on each key.
 _INSERT_KEYS = """
     INSERT INTO attribution_keys (tenant_id, kind, key, event_time)
     SELECT $1, $2, k.key, $4
-    FROM unnest($3::text[]) AS k (key)
+    FROM json_array_elements_text($3::json) AS k (key)
     ORDER BY k.key
 """
 _EVENT_TIME = operator.itemgetter(COLUMNS.index("event_time"))
@@ -277,7 +280,7 @@ class SiteEventStore:
         which costs less than a speculative insert per key; only when one was stored
         before do they go again, skipping the stored ones.
         """
-        args = (tenant_id, kind, keys, until)
+        args = (tenant_id, kind, json.dumps(keys, ensure_ascii=False), until)
         try:
             async with conn.transaction():
                 await conn.execute(_INSERT_KEYS, *args)
