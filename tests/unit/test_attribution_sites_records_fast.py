@@ -250,8 +250,22 @@ ids = st.one_of(
     st.sampled_from(["", "e1", "e2", "e3", "i" * MAX_ID_CHARS, "i" * (MAX_ID_CHARS + 1)]),
     st.text(max_size=8),
 )
+# Every spelling uuid.UUID reads, and near misses.
 uuid_texts = st.sampled_from(
-    ["", str(PIXEL), str(OFF), str(OTHER), str(SPONSOR), str(PIXEL).upper(), "nope"]
+    [
+        "",
+        str(PIXEL),
+        str(OFF),
+        str(OTHER),
+        str(SPONSOR),
+        str(PIXEL).upper(),
+        "nope",
+        f"{{{PIXEL}}}",
+        f"urn:uuid:{SPONSOR}",
+        PIXEL.hex,
+        f"{SPONSOR}-",
+        f"-{PIXEL.hex[:4]}-{PIXEL.hex[4:]}",
+    ]
 )
 addresses = st.one_of(
     st.sampled_from(["", "203.0.113.5", " 203.0.113.5 ", "::ffff:203.0.113.5", "1.2.3.04"]),

@@ -391,7 +391,9 @@ def _cached_uuid(text: str, cache: dict[str, uuid.UUID | None]) -> uuid.UUID | N
 
 
 def _uuid(text: str) -> uuid.UUID | None:
+    """uuid.UUID reads more spellings (braces, urn:uuid:, any hyphens) than asyncpg's
+    UUID, which is made from the bytes."""
     try:
-        return PgUuid(text)  # type: ignore[no-any-return]
+        return PgUuid(uuid.UUID(text).bytes)  # type: ignore[no-any-return]
     except ValueError:
         return None
