@@ -77,7 +77,16 @@ def parse_ip(text: str) -> IpAddress:
 
 def normalise_ip(text: str) -> str:
     """The normal form hashed for ids: the IPv4 address, or the IPv6 /64 network."""
-    packed = _packed(text)
+    candidate = text.strip()
+    if ":" not in candidate:
+        try:
+            socket.inet_pton(socket.AF_INET, candidate)
+        except (OSError, ValueError):
+            raise InvalidIpError(f"not an IP address: {text[:64]!r}") from None
+        # inet_pton takes only four decimal parts of 0 to 255 without leading zeros,
+        # which is the normal form already.
+        return candidate
+    packed = _packed(candidate)
     if len(packed) == 4:
         return f"{packed[0]}.{packed[1]}.{packed[2]}.{packed[3]}"
     a, b, c, d = _FOUR_GROUPS.unpack_from(packed)
@@ -112,7 +121,12 @@ class IpHasher:
 
     def household_id(self, client_ip: str) -> bytes:
         """16 bytes identifying the normalised IP within the tenant."""
-        return self._mac(normalise_ip(client_ip).encode())
+        # _mac inlined: ingestion hashes every record's address.
+        inner = self._inner.copy()
+        inner.update(normalise_ip(client_ip).encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:ID_BYTES]
 
     def listener_id(self, client_ip: str, user_agent: str) -> bytes:
         """16 bytes identifying normalised IP + User-Agent within the tenant."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+from asyncpg.pgproto.pgproto import UUID as PgUuid
 from podmesh.attribution.v1 import attribution_pb2 as pb
 
 from services.attribution.sites import origins
@@ -21,11 +22,14 @@ MAX_FUTURE = timedelta(minutes=5)
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _TYPES = frozenset(pb.SiteEventType.values()) - {pb.SITE_EVENT_TYPE_UNSPECIFIED}
 _TEXT_FIELDS = ("user_agent", "url", "referrer", "order_id", "promo_code")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Row(NamedTuple):
     """One stored site event, in the COPY column order of site_events
-    (db/migrations/0060_attribution.sql)."""
+    (db/migrations/0060_attribution.sql). Its ids are asyncpg's UUIDs (a uuid.UUID):
+    COPY encodes those from their bytes, a plain uuid.UUID through its Python-level
+    `bytes` property, on every row."""
 
     tenant_id: uuid.UUID
     event_time: datetime
@@ -45,6 +49,8 @@ class Row(NamedTuple):
 
 
 COLUMNS = Row._fields
+# Builds a Row from a tuple in C, without the Python-level __new__ of a NamedTuple.
+_new_row = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,17 @@ def pixel_ids(events: Sequence[pb.SiteEvent]) -> set[uuid.UUID]:
     return found
 
 
+def source_ids(events: Sequence[pb.SiteEvent]) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+    """The well-formed pixel ids and sponsor ids a batch names, in one pass."""
+    named = {(event.pixel_id, event.sponsor_id) for event in events}
+    pixels = {_uuid(pixel) for pixel, _ in named if pixel}
+    sponsors = {_uuid(sponsor) for _, sponsor in named if sponsor}
+    return (
+        {p for p in pixels if p is not None},
+        {s for s in sponsors if s is not None},
+    )
+
+
 def check_batch(
     events: Sequence[pb.SiteEvent],
     *,
@@ -99,76 +116,137 @@ def check_batch(
     oldest: datetime,
 ) -> Checked:
     """`pixels` are the tenant's pixels the batch names; `sponsors` the sponsors
-    server events may name; `household` hashes a client IP (raising InvalidIpError)."""
+    server events may name; `household` hashes a client IP (raising InvalidIpError).
+
+    Every event is read once into locals (each read of a message field makes a Python
+    object) and held to cheap checks that pass only what `_problem` passes; an event
+    that fails one goes to `_problem`, which alone says what is wrong. What repeats
+    over a batch, its pixels and sponsors and its visitors' addresses, is looked up
+    once per batch: nothing outlives the batch, so no raw address lingers.
+    """
     out = Checked()
+    rows = out.rows
     seen_ids: set[str] = set()
     seen_orders: set[str] = set()
     origin_ok: dict[uuid.UUID, bool] = {}
-    # Parsed once per batch: a batch names few pixels and sponsors, many times over.
     ids: dict[str, uuid.UUID | None] = {}
+    sources: dict[tuple[str, str], _Rejected | tuple[uuid.UUID, uuid.UUID | None]] = {}
+    households: dict[str, bytes] = {}
+    tenant = PgUuid(tenant_id.bytes)
     latest = now + MAX_FUTURE
+    # Whole seconds that are surely within [oldest, latest]; the instants at either
+    # edge are compared exactly.
+    first_second = int(oldest.timestamp()) + 1
+    last_second = int(latest.timestamp()) - 1
+    anonymous = request.anonymous
+    default_user_agent = request.user_agent[:MAX_TEXT_CHARS].replace("\0", "")
     for index, event in enumerate(events):
-        problem = _problem(event, pixels, sponsors, request, origin_ok, ids, now, latest, oldest)
-        if isinstance(problem, _Rejected):
-            out.rejections.append(
-                pb.Rejection(
-                    index=index,
-                    event_id=event.id[:MAX_ID_CHARS].replace("\0", ""),
-                    reason=problem.reason,
-                    message=problem.message,
-                )
+        event_id = event.id
+        event_type = event.type
+        user_agent = event.user_agent
+        url = event.url
+        referrer = event.referrer
+        order_id = event.order_id
+        promo_code = event.promo_code
+        text = event_id + user_agent + url + referrer + order_id + promo_code
+        stamp = event.event_time
+        seconds = stamp.seconds
+        event_time: datetime | None = now
+        if seconds:
+            nanos = stamp.nanos
+            event_time = (
+                _EPOCH + timedelta(0, seconds, nanos // 1000)
+                if first_second <= seconds <= last_second and 0 <= nanos < 1_000_000_000
+                else None
             )
-            continue
-        event_time, sponsor_id, pixel_id = problem
+        elif event.HasField("event_time"):
+            event_time = None
+        named = (event.pixel_id, event.sponsor_id)
+        source = sources.get(named)
+        if source is None:
+            source = sources[named] = _source(*named, pixels, sponsors, request, origin_ok, ids)
         value_minor = 0
         currency = ""
+        bad_value = False
         if event.HasField("value"):
-            value_minor = event.value.minor_units
-            currency = event.value.currency_code
+            value = event.value
+            value_minor = value.minor_units
+            currency = value.currency_code
+            bad_value = value_minor < 0 or not _CURRENCY.match(currency)
+        if (
+            event_time is None
+            or "\0" in text
+            or len(text) > MAX_TEXT_CHARS
+            or not 0 < len(event_id) <= MAX_ID_CHARS
+            or event_type not in _TYPES
+            or isinstance(source, _Rejected)
+            or bad_value
+        ):
+            problem = _problem(
+                event, pixels, sponsors, request, origin_ok, ids, now, latest, oldest
+            )
+            if isinstance(problem, _Rejected):
+                out.rejections.append(
+                    pb.Rejection(
+                        index=index,
+                        event_id=event_id[:MAX_ID_CHARS].replace("\0", ""),
+                        reason=problem.reason,
+                        message=problem.message,
+                    )
+                )
+                continue
+            event_time = problem[0]
+            source = problem[1:]
+        sponsor_id, pixel_id = source
         # A pixel's page cannot choose its visitor's address: only credentialed callers
         # (servers relaying their visitors' events) may give one.
-        client_ip = event.client_ip if event.client_ip and not request.anonymous else ""
-        try:
-            household_id = household(client_ip or request.client_ip)
-        except InvalidIpError:
-            out.rejections.append(
-                pb.Rejection(
-                    index=index,
-                    event_id=event.id,
-                    reason=pb.REJECTION_REASON_INVALID_CLIENT_IP,
-                    message="client_ip is not an IP address",
+        client_ip = (event.client_ip if not anonymous else "") or request.client_ip
+        household_id = households.get(client_ip)
+        if household_id is None:
+            try:
+                household_id = households[client_ip] = household(client_ip)
+            except InvalidIpError:
+                out.rejections.append(
+                    pb.Rejection(
+                        index=index,
+                        event_id=event_id,
+                        reason=pb.REJECTION_REASON_INVALID_CLIENT_IP,
+                        message="client_ip is not an IP address",
+                    )
                 )
-            )
-            continue
-        event_id = event.id
+                continue
         if event_id in seen_ids:
             out.duplicates += 1
             continue
         seen_ids.add(event_id)
-        order_id = event.order_id if event.type == pb.SITE_EVENT_TYPE_PURCHASE else ""
-        if order_id:
+        if event_type != pb.SITE_EVENT_TYPE_PURCHASE:
+            order_id = ""
+        elif order_id:
             order_key = order_key_of(sponsor_id, order_id)
             if order_key in seen_orders:
                 out.duplicates += 1
                 continue
             seen_orders.add(order_key)
-        out.rows.append(
-            Row(
-                tenant_id,
-                event_time,
-                now,
-                sponsor_id,
-                pixel_id,
-                event.type,
-                value_minor,
-                household_id,
-                event_id,
-                currency,
-                event.user_agent or request.user_agent[:MAX_TEXT_CHARS].replace("\0", ""),
-                event.url,
-                event.referrer,
-                order_id,
-                event.promo_code,
+        rows.append(
+            _new_row(
+                Row,
+                (
+                    tenant,
+                    event_time,
+                    now,
+                    sponsor_id,
+                    pixel_id,
+                    event_type,
+                    value_minor,
+                    household_id,
+                    event_id,
+                    currency,
+                    user_agent or default_user_agent,
+                    url,
+                    referrer,
+                    order_id,
+                    promo_code,
+                ),
             )
         )
     return out
@@ -224,8 +302,31 @@ def _problem(
             )
     else:
         event_time = now
-    if event.pixel_id:
-        pixel_id = _cached_uuid(event.pixel_id, ids)
+    source = _source(event.pixel_id, event.sponsor_id, pixels, sponsors, request, origin_ok, ids)
+    if isinstance(source, _Rejected):
+        return source
+    if event.HasField("value"):
+        value = event.value
+        if value.minor_units < 0 or not _CURRENCY.match(value.currency_code):
+            return _Rejected(
+                pb.REJECTION_REASON_INVALID_VALUE,
+                "value needs an ISO 4217 currency code and minor_units of 0 or more",
+            )
+    return event_time, *source
+
+
+def _source(
+    pixel_text: str,
+    sponsor_text: str,
+    pixels: Mapping[uuid.UUID, PixelInfo],
+    sponsors: frozenset[uuid.UUID],
+    request: Request,
+    origin_ok: dict[uuid.UUID, bool],
+    ids: dict[str, uuid.UUID | None],
+) -> _Rejected | tuple[uuid.UUID, uuid.UUID | None]:
+    """Why the pixel or sponsor an event names does not count, or its sponsor and pixel."""
+    if pixel_text:
+        pixel_id = _cached_uuid(pixel_text, ids)
         pixel = pixels.get(pixel_id) if pixel_id is not None else None
         if pixel is None or pixel_id is None:
             return _Rejected(
@@ -244,34 +345,25 @@ def _problem(
                     pb.REJECTION_REASON_ORIGIN_NOT_ALLOWED,
                     "the page's origin is not among the pixel's allowed origins",
                 )
-        if event.sponsor_id and _cached_uuid(event.sponsor_id, ids) != pixel.sponsor_id:
+        if sponsor_text and _cached_uuid(sponsor_text, ids) != pixel.sponsor_id:
             return _Rejected(
                 pb.REJECTION_REASON_UNKNOWN_SPONSOR, "sponsor_id is not the pixel's sponsor"
             )
-        sponsor_id = pixel.sponsor_id
-    elif event.sponsor_id:
+        return PgUuid(pixel.sponsor_id.bytes), pixel_id
+    if sponsor_text:
         if request.anonymous:
             return _Rejected(
                 pb.REJECTION_REASON_MISSING_SOURCE,
                 "calls without a credential must name a pixel (pixel_id)",
             )
-        parsed = _cached_uuid(event.sponsor_id, ids)
+        parsed = _cached_uuid(sponsor_text, ids)
         if parsed is None or parsed not in sponsors:
             return _Rejected(
                 pb.REJECTION_REASON_UNKNOWN_SPONSOR,
                 "no sponsor of this tenant with a pixel has this id",
             )
-        sponsor_id, pixel_id = parsed, None
-    else:
-        return _Rejected(pb.REJECTION_REASON_MISSING_SOURCE, "give pixel_id or sponsor_id")
-    if event.HasField("value"):
-        value = event.value
-        if value.minor_units < 0 or not _CURRENCY.match(value.currency_code):
-            return _Rejected(
-                pb.REJECTION_REASON_INVALID_VALUE,
-                "value needs an ISO 4217 currency code and minor_units of 0 or more",
-            )
-    return event_time, sponsor_id, pixel_id
+        return parsed, None
+    return _Rejected(pb.REJECTION_REASON_MISSING_SOURCE, "give pixel_id or sponsor_id")
 
 
 def order_key_of(sponsor_id: uuid.UUID, order_id: str) -> str:
@@ -299,7 +391,9 @@ def _cached_uuid(text: str, cache: dict[str, uuid.UUID | None]) -> uuid.UUID | N
 
 
 def _uuid(text: str) -> uuid.UUID | None:
+    """uuid.UUID reads more spellings (braces, urn:uuid:, any hyphens) than asyncpg's
+    UUID, which is made from the bytes."""
     try:
-        return uuid.UUID(text)
+        return PgUuid(uuid.UUID(text).bytes)  # type: ignore[no-any-return]
     except ValueError:
         return None

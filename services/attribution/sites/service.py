@@ -24,7 +24,13 @@ from pydantic import Field, field_validator
 from services.attribution.peers import Campaigns
 from services.attribution.sites import origins
 from services.attribution.sites.limits import PixelRateLimiter
-from services.attribution.sites.records import PixelInfo, Request, check_batch, pixel_ids
+from services.attribution.sites.records import (
+    PixelInfo,
+    Request,
+    check_batch,
+    pixel_ids,
+    source_ids,
+)
 from services.attribution.sites.store import SiteEventStore
 from services.shared.batch_stream import acknowledged_in_order, batch_size_problem
 from services.shared.client_ip import InvalidIpError, IpHasher
@@ -170,12 +176,10 @@ class SiteEvents:
         self, tenant_id: uuid.UUID | None, events: Sequence[pb.SiteEvent], request: Request
     ) -> BatchOutcome:
         now = dt.datetime.now(dt.UTC)
-        named_pixels = pixel_ids(events)
-        named_sponsors = _sponsor_ids(events)
         pixels: dict[uuid.UUID, PixelInfo] = {}
         sponsors: frozenset[uuid.UUID] = frozenset()
         if tenant_id is not None:
-            pixels, sponsors = await self.store.sources(tenant_id, named_pixels, named_sponsors)
+            pixels, sponsors = await self.store.sources(tenant_id, *source_ids(events))
         checked = check_batch(
             events,
             tenant_id=tenant_id or uuid.UUID(int=0),
@@ -226,13 +230,3 @@ class SiteEvents:
 
 def _no_household(client_ip: str) -> bytes:
     raise AssertionError("a record of a call without a tenant reached household hashing")
-
-
-def _sponsor_ids(events: Sequence[pb.SiteEvent]) -> set[uuid.UUID]:
-    found: set[uuid.UUID] = set()
-    for text in {event.sponsor_id for event in events if event.sponsor_id}:
-        try:
-            found.add(uuid.UUID(text))
-        except ValueError:
-            continue
-    return found

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import operator
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,16 +57,34 @@ class EventFilter:
 
 
 # Sorted, so concurrent batches sharing keys (resends) take their locks in one order.
+# A site event's key carries the latest event time of its batch: it goes with that day's
+# partition, so never before its own event's row (kind 3 keys carry their own time).
+# The keys come as one JSON array: asyncpg checks every element of a text[] parameter
+# for being a nested array, through Python-level isinstance checks on each key.
 _INSERT_KEYS = """
     INSERT INTO attribution_keys (tenant_id, kind, key, event_time)
-    SELECT $1, $2, k.key, k.event_time
-    FROM unnest($3::text[], $4::timestamptz[]) AS k (key, event_time)
+    SELECT $1, $2, k.key, $4
+    FROM json_array_elements_text($3::json) AS k (key)
     ORDER BY k.key
 """
+_EVENT_TIME = operator.itemgetter(COLUMNS.index("event_time"))
+_EVENT_ID = operator.itemgetter(COLUMNS.index("event_id"))
 
 
 def partition_name(day: dt.date) -> str:
     return f"{_TABLE}_{day:%Y%m%d}"
+
+
+def _by_day(rows: Iterable[Row]) -> dict[dt.date, list[Row]]:
+    by_day: dict[dt.date, list[Row]] = {}
+    for row in rows:
+        day = row.event_time.date()
+        day_rows = by_day.get(day)
+        if day_rows is None:
+            by_day[day] = [row]
+        else:
+            day_rows.append(row)
+    return by_day
 
 
 class SiteEventStore:
@@ -210,14 +229,15 @@ class SiteEventStore:
         how many. Durable when it returns."""
         if not rows:
             return 0
+        by_day = _by_day(rows)
         try:
-            await self.ensure_partitions({row.event_time.date() for row in rows})
+            await self.ensure_partitions(by_day)
             async with self._db.tenant_transaction(tenant_id) as conn:
                 # Acknowledged batches must survive a crash whatever the server default.
                 await conn.execute("SELECT set_config('synchronous_commit', 'on', true)")
                 fresh = await self._claim(conn, tenant_id, rows)
                 if fresh:
-                    await self._insert(conn, fresh)
+                    await self._insert(conn, fresh, by_day if fresh is rows else _by_day(fresh))
                     await self._touch_pixels(conn, tenant_id, fresh)
                     await bump_version(conn)
                 return len(fresh)
@@ -226,20 +246,22 @@ class SiteEventStore:
 
     async def _claim(
         self, conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: Sequence[Row]
-    ) -> list[Row]:
-        """The rows whose keys this transaction stored first: event ids, then the
-        orders of the purchases among them."""
-        claimed = await self._insert_keys(
-            conn, tenant_id, KIND_EVENT, [row.event_id for row in rows], rows
-        )
-        new = [row for row in rows if row.event_id in claimed]
+    ) -> Sequence[Row]:
+        """The rows whose keys this transaction stored first (`rows` itself when all
+        were): event ids, then the orders of the purchases among them."""
+        until = max(map(_EVENT_TIME, rows))
+        keys = list(map(_EVENT_ID, rows))
+        claimed = await self._insert_keys(conn, tenant_id, KIND_EVENT, keys, until)
+        new = rows if claimed is None else [row for row in rows if row.event_id in claimed]
         orders = [row for row in new if row.order_id]
         if not orders:
             return new
         keys = [order_key_of(row.sponsor_id, row.order_id) for row in orders]
-        claimed_orders = await self._insert_keys(conn, tenant_id, KIND_ORDER, keys, orders)
+        claimed = await self._insert_keys(conn, tenant_id, KIND_ORDER, keys, until)
+        if claimed is None:
+            return new
         refused = {
-            row.event_id for row, key in zip(orders, keys, strict=True) if key not in claimed_orders
+            row.event_id for row, key in zip(orders, keys, strict=True) if key not in claimed
         }
         return [row for row in new if row.event_id not in refused]
 
@@ -248,26 +270,29 @@ class SiteEventStore:
         conn: asyncpg.Connection,
         tenant_id: uuid.UUID,
         kind: int,
-        keys: Sequence[str],
-        rows: Sequence[Row],
-    ) -> set[str]:
-        """The keys this transaction stored; the others were stored before.
+        keys: list[str],
+        until: dt.datetime,
+    ) -> set[str] | None:
+        """The keys this transaction stored, None when it stored all; the others were
+        stored before.
 
         Fresh keys are the rule (resends are rare), so they are first inserted plainly,
         which costs less than a speculative insert per key; only when one was stored
         before do they go again, skipping the stored ones.
         """
-        args = (tenant_id, kind, keys, [row.event_time for row in rows])
+        args = (tenant_id, kind, json.dumps(keys, ensure_ascii=False), until)
         try:
             async with conn.transaction():
                 await conn.execute(_INSERT_KEYS, *args)
-            return set(keys)
+            return None
         except asyncpg.UniqueViolationError:
             pass
         records = await conn.fetch(_INSERT_KEYS + " ON CONFLICT DO NOTHING RETURNING key", *args)
         return {r["key"] for r in records}
 
-    async def _insert(self, conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
+    async def _insert(
+        self, conn: asyncpg.Connection, rows: Sequence[Row], by_day: Mapping[dt.date, list[Row]]
+    ) -> None:
         if self._hypertable:
             await conn.execute(
                 f"CREATE TEMP TABLE staged_site_events (LIKE {_TABLE}) ON COMMIT DROP"
@@ -275,9 +300,6 @@ class SiteEventStore:
             await conn.copy_records_to_table("staged_site_events", records=rows, columns=COLUMNS)
             await conn.execute(f"INSERT INTO {_TABLE} SELECT * FROM staged_site_events")
             return
-        by_day: dict[dt.date, list[Row]] = defaultdict(list)
-        for row in rows:
-            by_day[row.event_time.date()].append(row)
         for day, day_rows in by_day.items():
             await conn.copy_records_to_table(partition_name(day), records=day_rows, columns=COLUMNS)
 
