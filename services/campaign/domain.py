@@ -13,6 +13,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TypeVar
 
 from services.shared.errors import FailedPrecondition, InvalidArgument
+from services.shared.money import is_currency_code
 from services.shared.validation import Violations, is_email
 
 # Money and counts are bounded well inside int64, so that sums over a campaign's line
@@ -25,7 +26,6 @@ MAX_LIST = 100
 DEFAULT_PRIORITY = 5
 # Stands for "not assigned yet" in ids the service fills in.
 NIL = uuid.UUID(int=0)
-_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 S = TypeVar("S", bound=enum.IntEnum)
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -164,7 +164,7 @@ def check_money(
     if value is None:
         v.check(not required, name, "is required")
         return
-    if not _CURRENCY_RE.fullmatch(value.currency_code):
+    if not is_currency_code(value.currency_code):
         v.add(f"{name}.currency_code", "must be an ISO 4217 code in upper case, e.g. USD")
     elif currency is not None and value.currency_code != currency:
         v.add(f"{name}.currency_code", f"must be the campaign's currency, {currency}")

@@ -83,6 +83,10 @@ def at(moment: datetime) -> object:
             view(value=money_pb2.Money(currency_code="DOLLARS", minor_units=5)),
             pb.REJECTION_REASON_INVALID_VALUE,
         ),
+        (
+            view(value=money_pb2.Money(currency_code="USD\n", minor_units=5)),
+            pb.REJECTION_REASON_INVALID_VALUE,
+        ),
         (view(order_id="o" * 2049), pb.REJECTION_REASON_FIELD_TOO_LONG),
         (view(url="https://x/\0"), pb.REJECTION_REASON_INVALID_TEXT),
     ],

@@ -52,7 +52,7 @@ REQUESTS = (
     Request(anonymous=False, origin=SHOP, client_ip="not an address", user_agent="a\0b"),
 )
 
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"[A-Z]{3}")
 _TYPES = frozenset(pb.SiteEventType.values()) - {pb.SITE_EVENT_TYPE_UNSPECIFIED}
 _TEXT_FIELDS = ("user_agent", "url", "referrer", "order_id", "promo_code")
 
@@ -211,7 +211,7 @@ def _problem(event: pb.SiteEvent, request: Request, latest: datetime) -> _Refuse
     else:
         return _Refused(pb.REJECTION_REASON_MISSING_SOURCE, "give pixel_id or sponsor_id")
     if event.HasField("value") and (
-        event.value.minor_units < 0 or not _CURRENCY.match(event.value.currency_code)
+        event.value.minor_units < 0 or not _CURRENCY.fullmatch(event.value.currency_code)
     ):
         return _Refused(
             pb.REJECTION_REASON_INVALID_VALUE,

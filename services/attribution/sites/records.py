@@ -3,7 +3,6 @@ record with its reason. Pure: the pixels, sponsors, clock and request come in.""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,11 +14,11 @@ from podmesh.attribution.v1 import attribution_pb2 as pb
 
 from services.attribution.sites import origins
 from services.shared.client_ip import InvalidIpError
+from services.shared.money import is_currency_code
 
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 2048
 MAX_FUTURE = timedelta(minutes=5)
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
 _TYPES = frozenset(pb.SiteEventType.values()) - {pb.SITE_EVENT_TYPE_UNSPECIFIED}
 _TEXT_FIELDS = ("user_agent", "url", "referrer", "order_id", "promo_code")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -172,7 +171,7 @@ def check_batch(
             value = event.value
             value_minor = value.minor_units
             currency = value.currency_code
-            bad_value = value_minor < 0 or not _CURRENCY.match(currency)
+            bad_value = value_minor < 0 or not is_currency_code(currency)
         if (
             event_time is None
             or "\0" in text
@@ -307,7 +306,7 @@ def _problem(
         return source
     if event.HasField("value"):
         value = event.value
-        if value.minor_units < 0 or not _CURRENCY.match(value.currency_code):
+        if value.minor_units < 0 or not is_currency_code(value.currency_code):
             return _Rejected(
                 pb.REJECTION_REASON_INVALID_VALUE,
                 "value needs an ISO 4217 currency code and minor_units of 0 or more",
