@@ -41,13 +41,14 @@ LIMIT $13
 """
 
 _TOUCHES = """
-SELECT ev.event_id, e.exposure_id, e.exposure_time, e.line_item_id, e.podcast_id, e.episode_id
+SELECT ev.event_id, ev.event_time, e.exposure_id, e.exposure_time, e.line_item_id,
+       e.podcast_id, e.episode_id
 FROM unnest($2::text[], $3::timestamptz[], $4::bytea[]) AS ev (event_id, event_time, household_id)
 JOIN exposures e
   ON e.tenant_id = $1 AND e.campaign_id = $5 AND e.household_id = ev.household_id
  AND e.exposure_time >= greatest($6, ev.event_time - $7::interval)
  AND e.exposure_time <= ev.event_time AND e.exposure_time < $8
-ORDER BY ev.event_id, e.exposure_time, e.exposure_id COLLATE "C"
+ORDER BY ev.event_id, ev.event_time, e.exposure_time, e.exposure_id COLLATE "C"
 """
 
 
@@ -173,12 +174,13 @@ class Conversions:
                 _, inputs = await read_inputs(conn, scope)
                 weights = fit(model, inputs)
                 index = {li: i + 1 for i, li in enumerate(inputs.line_items)}
-        by_event: dict[str, list[asyncpg.Record]] = {}
+        # A site event is its id and time (two events may share an id at other times).
+        by_event: dict[tuple[str, datetime], list[asyncpg.Record]] = {}
         for t in touches:
-            by_event.setdefault(t["event_id"], []).append(t)
+            by_event.setdefault((t["event_id"], t["event_time"]), []).append(t)
         conversions = []
         for r in rows:
-            own = by_event.get(r["event_id"], [])
+            own = by_event.get((r["event_id"], r["event_time"]), [])
             at = r["event_time"]
             points = [
                 Touchpoint(

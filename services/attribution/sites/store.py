@@ -71,6 +71,17 @@ _EVENT_TIME = operator.itemgetter(COLUMNS.index("event_time"))
 _EVENT_ID = operator.itemgetter(COLUMNS.index("event_id"))
 
 
+# Which of these events (id and time) are stored already; $4 and $5 bound the times, so
+# only their days' partitions are read.
+_STORED = f"""
+    SELECT s.event_id, s.event_time
+    FROM {_TABLE} s
+    JOIN unnest($2::text[], $3::timestamptz[]) AS k (event_id, event_time)
+      ON s.event_id = k.event_id AND s.event_time = k.event_time
+    WHERE s.tenant_id = $1 AND s.event_time BETWEEN $4 AND $5
+"""
+
+
 def partition_name(day: dt.date) -> str:
     return f"{_TABLE}_{day:%Y%m%d}"
 
@@ -225,34 +236,45 @@ class SiteEventStore:
     # --- site events -----------------------------------------------------------------
 
     async def commit(self, tenant_id: uuid.UUID, rows: Sequence[Row]) -> int:
-        """Stores the rows whose event id (and, for purchases, order) is new; returns
-        how many. Durable when it returns."""
+        """Stores the rows that are new events (and, for purchases, new orders); returns
+        how many. Durable when it returns.
+
+        An event with its own time is identified by id and time: the day partitions'
+        unique index (migration 0071) refuses it again. An event whose time is its
+        arrival (browser pixels send none) cannot be known by its time, so its id is
+        claimed in attribution_keys, as every purchase's order is."""
         if not rows:
             return 0
-        by_day = _by_day(rows)
         try:
-            await self.ensure_partitions(by_day)
+            await self.ensure_partitions({row.event_time.date() for row in rows})
             async with self._db.tenant_transaction(tenant_id) as conn:
                 # Acknowledged batches must survive a crash whatever the server default.
                 await conn.execute("SELECT set_config('synchronous_commit', 'on', true)")
                 fresh = await self._claim(conn, tenant_id, rows)
-                if fresh:
-                    await self._insert(conn, fresh, by_day if fresh is rows else _by_day(fresh))
-                    await self._touch_pixels(conn, tenant_id, fresh)
+                stored = await self._insert(conn, tenant_id, fresh) if fresh else fresh
+                if stored:
+                    await self._touch_pixels(conn, tenant_id, stored)
                     await bump_version(conn)
-                return len(fresh)
+                return len(stored)
         except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as error:
             raise Unavailable(f"database unavailable: {type(error).__name__}") from error
 
     async def _claim(
         self, conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: Sequence[Row]
     ) -> Sequence[Row]:
-        """The rows whose keys this transaction stored first (`rows` itself when all
-        were): event ids, then the orders of the purchases among them."""
+        """The rows left once arrival-timed events and purchases' orders stored before
+        are taken out (`rows` itself when none were): keys this transaction stored first."""
         until = max(map(_EVENT_TIME, rows))
-        keys = list(map(_EVENT_ID, rows))
-        claimed = await self._insert_keys(conn, tenant_id, KIND_EVENT, keys, until)
-        new = rows if claimed is None else [row for row in rows if row.event_id in claimed]
+        arrived = [row.event_id for row in rows if row.event_time == row.receive_time]
+        new = rows
+        if arrived:
+            claimed = await self._insert_keys(conn, tenant_id, KIND_EVENT, arrived, until)
+            if claimed is not None:
+                new = [
+                    row
+                    for row in rows
+                    if row.event_id in claimed or row.event_time != row.receive_time
+                ]
         orders = [row for row in new if row.order_id]
         if not orders:
             return new
@@ -261,9 +283,11 @@ class SiteEventStore:
         if claimed is None:
             return new
         refused = {
-            row.event_id for row, key in zip(orders, keys, strict=True) if key not in claimed
+            (row.event_id, row.event_time)
+            for row, key in zip(orders, keys, strict=True)
+            if key not in claimed
         }
-        return [row for row in new if row.event_id not in refused]
+        return [row for row in new if (row.event_id, row.event_time) not in refused]
 
     @staticmethod
     async def _insert_keys(
@@ -291,16 +315,53 @@ class SiteEventStore:
         return {r["key"] for r in records}
 
     async def _insert(
-        self, conn: asyncpg.Connection, rows: Sequence[Row], by_day: Mapping[dt.date, list[Row]]
-    ) -> None:
+        self, conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: Sequence[Row]
+    ) -> Sequence[Row]:
+        """Copies the rows in, leaving out events stored before (same id and time);
+        returns the rows stored.
+
+        New events are the rule (resends are rare), so the rows are first copied as
+        they are; only when the unique index refuses one are the stored ones looked up
+        and the rest copied again. A concurrent transaction storing one of them makes
+        the copy wait for it, and fail only once that one committed, which the next
+        lookup then sees: each round leaves out more, so the rounds end."""
+        while True:
+            try:
+                async with conn.transaction():
+                    await self._copy(conn, rows)
+                return rows
+            except asyncpg.UniqueViolationError:
+                pass
+            stored = {
+                (r["event_id"], r["event_time"])
+                for r in await conn.fetch(
+                    _STORED,
+                    tenant_id,
+                    [row.event_id for row in rows],
+                    [row.event_time for row in rows],
+                    min(map(_EVENT_TIME, rows)),
+                    max(map(_EVENT_TIME, rows)),
+                )
+            }
+            rows = [row for row in rows if (row.event_id, row.event_time) not in stored]
+            if not rows:
+                return rows
+
+    async def _copy(self, conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
         if self._hypertable:
             await conn.execute(
-                f"CREATE TEMP TABLE staged_site_events (LIKE {_TABLE}) ON COMMIT DROP"
+                f"CREATE TEMP TABLE IF NOT EXISTS staged_site_events (LIKE {_TABLE}) ON COMMIT DROP"
             )
-            await conn.copy_records_to_table("staged_site_events", records=rows, columns=COLUMNS)
+            await conn.execute("TRUNCATE staged_site_events")
+            await conn.copy_records_to_table(
+                "staged_site_events", records=sorted(rows, key=_EVENT_ID), columns=COLUMNS
+            )
             await conn.execute(f"INSERT INTO {_TABLE} SELECT * FROM staged_site_events")
             return
-        for day, day_rows in by_day.items():
+        for day, day_rows in _by_day(rows).items():
+            # In id order, so two batches sharing events (resends) meet in one order in
+            # the unique index and never deadlock.
+            day_rows.sort(key=_EVENT_ID)
             await conn.copy_records_to_table(partition_name(day), records=day_rows, columns=COLUMNS)
 
     @staticmethod
