@@ -72,12 +72,21 @@ async def unpublish_behind_the_catalogs_back(
         await conn.close()
 
 
-async def test_an_answer_is_reused_until_the_catalog_counter_moves(
+@pytest.fixture
+async def writer(
     stack: Stack, tenants: TenantStub, channel: grpc.aio.Channel, redis: aioredis.Redis
-) -> None:
+) -> tuple[TenantHandle, kpb.Episode, Catalog]:
+    """A new tenant's episode, and the campaign's catalog client acting for a caller of
+    that tenant who may write (and so read the catalog)."""
     tenant, episode = await episode_of(stack, tenants, channel)
     acting_as(tenant, Scope.WRITE)
-    catalog = Catalog(channel, ChangeEpochs(redis, CATALOG))
+    return tenant, episode, Catalog(channel, ChangeEpochs(redis, CATALOG))
+
+
+async def test_an_answer_is_reused_until_the_catalog_counter_moves(
+    stack: Stack, redis: aioredis.Redis, writer: tuple[TenantHandle, kpb.Episode, Catalog]
+) -> None:
+    tenant, episode, catalog = writer
     episode_id = uuid.UUID(episode.id)
     first = await catalog.episode(episode_id, bearer(tenant.owner_key), with_podcast=True)
     assert first.publish_at is not None
@@ -92,11 +101,9 @@ async def test_an_answer_is_reused_until_the_catalog_counter_moves(
 
 
 async def test_a_change_through_the_catalog_is_seen_by_the_next_read(
-    stack: Stack, tenants: TenantStub, channel: grpc.aio.Channel, redis: aioredis.Redis
+    channel: grpc.aio.Channel, writer: tuple[TenantHandle, kpb.Episode, Catalog]
 ) -> None:
-    tenant, episode = await episode_of(stack, tenants, channel)
-    acting_as(tenant, Scope.WRITE)
-    catalog = Catalog(channel, ChangeEpochs(redis, CATALOG))
+    tenant, episode, catalog = writer
     episode_id = uuid.UUID(episode.id)
     before = await catalog.episode(episode_id, bearer(tenant.owner_key), with_podcast=False)
     assert len(before.slots) == 2
