@@ -23,6 +23,7 @@ from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 from services.analytics.counting.windows import CountingWindow
 from services.shared.errors import ResourceExhausted
 from services.shared.peers import forwarded, peer_error
+from services.shared.protobuf import instant
 from services.shared.timezones import UTC_NAMES, is_time_zone
 
 log = logging.getLogger("podmesh.analytics.peers")
@@ -161,11 +162,7 @@ def _release(episode: catalog_pb2.Episode) -> EpisodeRelease:
     return EpisodeRelease(
         episode_id=uuid.UUID(episode.id),
         podcast_id=uuid.UUID(episode.podcast_id),
-        publish_time=(
-            episode.publish_time.ToDatetime(tzinfo=UTC)
-            if episode.HasField("publish_time")
-            else None
-        ),
+        publish_time=instant(episode, "publish_time"),
     )
 
 

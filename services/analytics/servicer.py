@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.api import httpbody_pb2
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from podmesh.analytics.v1 import analytics_pb2 as pb
 from podmesh.analytics.v1 import analytics_pb2_grpc
@@ -43,6 +42,7 @@ from services.analytics.queries.reports import (
 from services.shared.context import current_tenant_id
 from services.shared.errors import InvalidArgument
 from services.shared.peers import credentials
+from services.shared.protobuf import instant
 from services.shared.validation import parse_uuid
 
 SOURCE_TO_PB = {
@@ -61,13 +61,6 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     ts = Timestamp()
     ts.FromDatetime(value.astimezone(UTC))
     return ts
-
-
-def instant(message: Message, field: str) -> datetime | None:
-    if not message.HasField(field):
-        return None
-    value: Timestamp = getattr(message, field)
-    return value.ToDatetime(tzinfo=UTC)
 
 
 def optional_uuid(value: str, field: str) -> uuid.UUID | None:

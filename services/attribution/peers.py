@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from podmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from podmesh.campaign.v1 import campaign_pb2, campaign_pb2_grpc
@@ -23,6 +22,7 @@ from podmesh.campaign.v1 import campaign_pb2, campaign_pb2_grpc
 from services.shared.client_ip import ID_BYTES
 from services.shared.errors import Unavailable
 from services.shared.peers import Metadata, forwarded, peer_error
+from services.shared.protobuf import from_timestamp, instant
 
 PEER_TIMEOUT_S = 5.0
 # ListSlotPlacements and BatchGetLineItems take at most this many ids per call.
@@ -64,12 +64,6 @@ class Spend:
 
     total_minor: int | None
     by_line_item: dict[uuid.UUID, int | None]
-
-
-def _instant(ts: object) -> datetime:
-    assert hasattr(ts, "ToDatetime")
-    value: datetime = ts.ToDatetime(tzinfo=UTC)
-    return value
 
 
 @dataclass(frozen=True)
@@ -155,8 +149,8 @@ class Campaigns:
                 found[line_item_id] = LineItemFlight(
                     line_item_id,
                     uuid.UUID(item.campaign_id),
-                    _utc(item.flight_start_time) if item.HasField("flight_start_time") else None,
-                    _utc(item.flight_end_time) if item.HasField("flight_end_time") else None,
+                    instant(item, "flight_start_time"),
+                    instant(item, "flight_end_time"),
                 )
         return found
 
@@ -187,8 +181,8 @@ class Campaigns:
             id=uuid.UUID(c.id),
             sponsor_id=uuid.UUID(c.sponsor_id),
             currency=c.budget.currency_code,
-            flight_start=_instant(c.flight_start_time),
-            flight_end=_instant(c.flight_end_time),
+            flight_start=from_timestamp(c.flight_start_time),
+            flight_end=from_timestamp(c.flight_end_time),
             window_days=c.attribution_window_days,
             model=c.attribution_model,
         )
@@ -295,10 +289,6 @@ class Analytics:
             raise peer_error(error, "analytics") from None
 
 
-def _utc(value: Timestamp) -> datetime:
-    return value.ToDatetime(tzinfo=UTC)
-
-
 def _booking(p: campaign_pb2.Placement) -> SlotBooking:
     cancelled = p.state == campaign_pb2.PLACEMENT_STATE_CANCELLED
     return SlotBooking(
@@ -308,9 +298,9 @@ def _booking(p: campaign_pb2.Placement) -> SlotBooking:
         ad_slot_id=uuid.UUID(p.ad_slot_id),
         podcast_id=uuid.UUID(p.podcast_id),
         episode_id=uuid.UUID(p.episode_id),
-        flight_start=_utc(p.flight_start_time),
-        flight_end=_utc(p.flight_end_time),
-        cancel_time=_utc(p.update_time) if cancelled else None,
+        flight_start=from_timestamp(p.flight_start_time),
+        flight_end=from_timestamp(p.flight_end_time),
+        cancel_time=from_timestamp(p.update_time) if cancelled else None,
         final=cancelled or p.state == campaign_pb2.PLACEMENT_STATE_COMPLETED,
     )
 

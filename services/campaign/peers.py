@@ -20,6 +20,7 @@ from services.shared.auth import Permission
 from services.shared.change_epochs import ChangeEpochs
 from services.shared.context import principal_var
 from services.shared.peers import Metadata, forwarded, peer_error
+from services.shared.protobuf import from_timestamp, instant
 
 PEER_TIMEOUT_S = 5.0
 # How long a remembered catalog answer may be used at most: the bound on how old one can
@@ -30,12 +31,6 @@ MAX_REMEMBERED = 20_000
 DELIVERIES_TIMEOUT_S = 15.0
 _PODCAST_PAGE = 200
 _MAX_PODCAST_PAGES = 10
-
-
-def _instant(ts: object) -> datetime:
-    assert hasattr(ts, "ToDatetime")
-    value: datetime = ts.ToDatetime(tzinfo=UTC)
-    return value
 
 
 @dataclass(frozen=True)
@@ -168,7 +163,7 @@ class Catalog:
         return EpisodeFacts(
             id=uuid.UUID(episode.id),
             podcast_id=uuid.UUID(episode.podcast_id),
-            publish_at=_instant(episode.publish_time) if episode.HasField("publish_time") else None,
+            publish_at=instant(episode, "publish_time"),
             explicit=episode.explicit,
             podcast_explicit=False,
             podcast_categories=(),
@@ -231,7 +226,7 @@ class Catalog:
             EpisodeFacts(
                 id=uuid.UUID(e.id),
                 podcast_id=podcast_id,
-                publish_at=_instant(e.publish_time) if e.HasField("publish_time") else None,
+                publish_at=instant(e, "publish_time"),
                 explicit=e.explicit,
                 podcast_explicit=False,
                 podcast_categories=(),
@@ -294,7 +289,7 @@ class Analytics:
         return Deliveries(
             days=out,
             time_zone=response.time_zone or "UTC",
-            complete_until=_instant(response.complete_until_time),
+            complete_until=from_timestamp(response.complete_until_time),
         )
 
     async def daily_downloads(

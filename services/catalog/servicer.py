@@ -26,7 +26,7 @@ from services.shared.context import current_principal, current_tenant_id
 from services.shared.errors import InvalidArgument, PermissionDenied
 from services.shared.measurement_prefix import prefix_id
 from services.shared.peers import credentials
-from services.shared.protobuf import duration, from_timestamp, milliseconds, timestamp
+from services.shared.protobuf import duration, from_timestamp, instant, milliseconds, timestamp
 from services.shared.validation import Violations, page_size, parse_uuid
 
 E = TypeVar("E", bound=enum.IntEnum)
@@ -173,9 +173,7 @@ def episode_from_pb(
         guid=message.guid,
         title=message.title,
         description=message.description,
-        publish_at=from_timestamp(message.publish_time)
-        if message.HasField("publish_time")
-        else None,
+        publish_at=instant(message, "publish_time"),
         media_url=message.media_url,
         media_type=message.media_type,
         media_size_bytes=message.media_size_bytes,

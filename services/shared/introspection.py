@@ -18,6 +18,7 @@ from podmesh.tenant.v1 import tenant_pb2, tenant_pb2_grpc
 
 from services.shared.auth import Principal, PrincipalType, Role, Scope
 from services.shared.errors import Unavailable
+from services.shared.protobuf import instant
 
 _ROLES = {
     tenant_pb2.ROLE_OWNER: Role.OWNER,
@@ -43,9 +44,7 @@ _MAX_ENTRIES = 10_000
 
 
 def principal_from_proto(message: tenant_pb2.Principal) -> Principal:
-    expires = (
-        message.expire_time.ToDatetime(tzinfo=UTC) if message.HasField("expire_time") else None
-    )
+    expires = instant(message, "expire_time")
     return Principal(
         type=_TYPES[message.type],
         tenant_id=uuid.UUID(message.tenant_id) if message.tenant_id else None,

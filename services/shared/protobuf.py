@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 
@@ -18,6 +19,13 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 def from_timestamp(value: Timestamp) -> datetime:
     return value.ToDatetime(tzinfo=UTC)
+
+
+def instant(message: Message, field: str) -> datetime | None:
+    """A Timestamp field of `message` as a UTC datetime; None when it is unset."""
+    if not message.HasField(field):
+        return None
+    return from_timestamp(getattr(message, field))
 
 
 def duration(milliseconds: int | None) -> Duration | None:

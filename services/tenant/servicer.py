@@ -12,7 +12,7 @@ from podmesh.tenant.v1 import tenant_pb2_grpc
 from services.shared.auth import CredentialVerifier, Principal, PrincipalType, Role, Scope
 from services.shared.client_address import client_address
 from services.shared.context import current_principal
-from services.shared.protobuf import from_timestamp, timestamp
+from services.shared.protobuf import from_timestamp, instant, timestamp
 from services.shared.validation import Violations, page_size, parse_uuid
 from services.tenant.billing.rpc import BillingRpcs, quota_to_pb, status_to_pb
 from services.tenant.billing.service import Billing
@@ -310,11 +310,7 @@ class TenantServicer(BillingRpcs, tenant_pb2_grpc.TenantServiceServicer):
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: Any
     ) -> pb.CreateApiKeyResponse:
-        expires = (
-            from_timestamp(request.api_key.expire_time)
-            if request.api_key.HasField("expire_time")
-            else None
-        )
+        expires = instant(request.api_key, "expire_time")
         key, secret = await self._directory.create_api_key(
             current_principal(),
             request.api_key.display_name,
