@@ -87,6 +87,19 @@ def _uuids(values: Iterable[str], field: str, v: Violations) -> tuple[uuid.UUID,
     return tuple(x for x in out if x is not None)
 
 
+def _tenant_lookup(
+    tenant_text: str, id_texts: Sequence[str], field: str, limit: int
+) -> tuple[uuid.UUID, tuple[uuid.UUID, ...]]:
+    """The tenant and ids of a platform-only lookup (another service asking for a tenant)."""
+    v = Violations()
+    tenant_id = _uuid(tenant_text, "tenant_id", v)
+    v.check(1 <= len(id_texts) <= limit, field, f"give 1 to {limit}")
+    ids = _uuids(id_texts, field, v)
+    v.raise_if_any()
+    assert tenant_id is not None
+    return tenant_id, ids
+
+
 def _money_to_pb(value: Money | None) -> money_pb2.Money | None:
     if value is None:
         return None
@@ -660,32 +673,18 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     async def ListSlotPlacements(
         self, request: pb.ListSlotPlacementsRequest, context: Any
     ) -> pb.ListSlotPlacementsResponse:
-        v = Violations()
-        tenant_id = _uuid(request.tenant_id, "tenant_id", v)
-        v.check(
-            1 <= len(request.ad_slot_ids) <= MAX_SLOTS_PER_LOOKUP,
-            "ad_slot_ids",
-            f"give 1 to {MAX_SLOTS_PER_LOOKUP}",
+        tenant_id, slots = _tenant_lookup(
+            request.tenant_id, request.ad_slot_ids, "ad_slot_ids", MAX_SLOTS_PER_LOOKUP
         )
-        slots = _uuids(request.ad_slot_ids, "ad_slot_ids", v)
-        v.raise_if_any()
-        assert tenant_id is not None
         placements = await self._ops.slot_placements(tenant_id, slots)
         return pb.ListSlotPlacementsResponse(placements=[placement_to_pb(p) for p in placements])
 
     async def BatchGetLineItems(
         self, request: pb.BatchGetLineItemsRequest, context: Any
     ) -> pb.BatchGetLineItemsResponse:
-        v = Violations()
-        tenant_id = _uuid(request.tenant_id, "tenant_id", v)
-        v.check(
-            1 <= len(request.line_item_ids) <= MAX_LINE_ITEMS_PER_LOOKUP,
-            "line_item_ids",
-            f"give 1 to {MAX_LINE_ITEMS_PER_LOOKUP}",
+        tenant_id, ids = _tenant_lookup(
+            request.tenant_id, request.line_item_ids, "line_item_ids", MAX_LINE_ITEMS_PER_LOOKUP
         )
-        ids = _uuids(request.line_item_ids, "line_item_ids", v)
-        v.raise_if_any()
-        assert tenant_id is not None
         items = await self._ops.line_items_by_id(tenant_id, ids)
         return pb.BatchGetLineItemsResponse(line_items=[line_item_to_pb(i) for i in items])
 
