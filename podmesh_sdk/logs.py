@@ -185,14 +185,7 @@ def _cloudfront(
 
 # In this order, the values `_cloudfront_record` unpacks.
 _CLOUDFRONT_USED = (
-    "date",
-    "time",
-    "c-ip",
-    "cs-method",
-    "cs-uri-stem",
-    "sc-status",
-    "sc-bytes",
-    "x-edge-request-id",
+    *CLOUDFRONT_REQUIRED,
     "x-host-header",
     "cs(Host)",
     "sc-content-len",
