@@ -282,6 +282,17 @@ values = st.one_of(
 )
 
 
+def _timed_and_valued(draw: st.DrawFn, event: pb.SiteEvent) -> pb.SiteEvent:
+    """The event, with a time or none and a value or none, drawn."""
+    if draw(st.booleans()):
+        event.event_time.seconds = draw(seconds_st)
+        event.event_time.nanos = draw(nanos_st)
+    value = draw(values)
+    if value is not None:
+        event.value.CopyFrom(value)
+    return event
+
+
 @st.composite
 def site_events(draw: st.DrawFn) -> pb.SiteEvent:
     event = pb.SiteEvent(
@@ -296,13 +307,7 @@ def site_events(draw: st.DrawFn) -> pb.SiteEvent:
         order_id=draw(st.sampled_from(["", "o1", "o2"]) | texts),
         promo_code=draw(texts),
     )
-    if draw(st.booleans()):
-        event.event_time.seconds = draw(seconds_st)
-        event.event_time.nanos = draw(nanos_st)
-    value = draw(values)
-    if value is not None:
-        event.value.CopyFrom(value)
-    return event
+    return _timed_and_valued(draw, event)
 
 
 @st.composite
@@ -315,13 +320,7 @@ def timed_events(draw: st.DrawFn) -> pb.SiteEvent:
         client_ip=draw(addresses),
         order_id=draw(st.sampled_from(["", "o1"])),
     )
-    if draw(st.booleans()):
-        event.event_time.seconds = draw(seconds_st)
-        event.event_time.nanos = draw(nanos_st)
-    value = draw(values)
-    if value is not None:
-        event.value.CopyFrom(value)
-    return event
+    return _timed_and_valued(draw, event)
 
 
 def _answers(checked: Checked) -> tuple[object, ...]:
